@@ -1,0 +1,162 @@
+"""The bridge: drain the MQTT session in batches, commit, then acknowledge.
+
+    take batch -> decode -> one transaction (ledger) -> commit -> PUBACK -> publish rejections
+
+A failed commit is retried with capped full-jitter backoff while nothing is acked; the
+session buffer fills, the network thread stops reading, and the broker holds the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Sequence
+
+import asyncpg
+
+from bridge.decode import Decoder, Limits, Message
+from bridge.ledger import Ledger, load_record_types
+from bridge.metrics import IngestMetrics
+from bridge.mqtt import Inbound
+from bridge.source import Source
+from picofleet import logs
+from picofleet.credentials import FleetKeys
+from picofleet.settings import Settings
+from picofleet.topics import Topics
+
+_RECORD_TYPE_REFRESH_S = 30.0
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        stored_payload_bytes=settings.stored_payload_bytes,
+        max_items=settings.max_items_per_message,
+        token_window_s=settings.token_window_s,
+        max_clock_drift_s=settings.max_clock_drift_s,
+        legacy_token_enabled=settings.legacy_token_enabled,
+    )
+
+
+def backoff(attempt: int, *, base: float = 0.2, cap: float = 10.0) -> float:
+    """Capped exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class Ingest:
+    """Decoding + ledger + metrics: the core shared by the MQTT bridge and POST /ingest."""
+
+    def __init__(self, *, settings: Settings, pool: asyncpg.Pool, keys: FleetKeys) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.topics = Topics(settings.topic_prefix)
+        self.ledger = Ledger(pool)
+        self.decoder = Decoder(
+            topics=self.topics, keys=keys, record_types={}, limits=limits_from(settings)
+        )
+        self.metrics = IngestMetrics()
+        self.db_ok = False
+        self._types_loaded_at = 0.0
+
+    async def refresh_record_types(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._types_loaded_at > _RECORD_TYPE_REFRESH_S:
+            self.decoder.record_types = await load_record_types(self.pool)
+            self._types_loaded_at = time.monotonic()
+
+    async def commit(self, batch: Sequence[Message]) -> None:
+        """Write one batch in one transaction and account for it; raises on DB failure."""
+        t0 = time.perf_counter()
+        await self.ledger.write(batch)
+        self.db_ok = True
+        m = self.metrics
+        m.commit_seconds.observe(time.perf_counter() - t0)
+        m.batch_size.observe(len(batch))
+        m.batches += 1
+        m.committed += len(batch)
+        for msg in batch:
+            m.facts += len(msg.processed_ids)
+            if msg.facts and not msg.processed_ids:
+                m.duplicates += 1
+            for e in msg.errors:
+                m.rejected[e.code.value] += 1
+
+
+class Bridge:
+    def __init__(self, *, ingest: Ingest, session: Source) -> None:
+        self.ingest = ingest
+        self.session = session
+        self.settings = ingest.settings
+        self._log = logs.get("bridge")
+        self._stopping = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.ingest.db_ok and self.session.connected
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _decode(self, items: Sequence[Inbound]) -> list[Message]:
+        dec = self.ingest.decoder
+        return [dec.decode(i.topic, i.payload, received_at=i.received_at) for i in items]
+
+    async def run(self) -> None:
+        """Drain until stop(); the last batch is committed and acked before returning."""
+        s = self.settings
+        max_age = s.batch_max_age_ms / 1000
+        while not self._stopping.is_set():
+            take = asyncio.ensure_future(self.session.take(s.batch_max_messages, max_age))
+            stop = asyncio.ensure_future(self._stopping.wait())
+            done, _ = await asyncio.wait({take, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if take not in done:
+                take.cancel()
+                stop.cancel()
+                break
+            stop.cancel()
+            items = take.result()
+            if items:
+                # Shielded: a cancellation must not cut a batch between commit and ack.
+                await asyncio.shield(self._handle(items))
+
+    async def _handle(self, items: list[Inbound]) -> None:
+        self.ingest.metrics.received += len(items)
+        attempt = 0
+        while True:
+            try:
+                await self.ingest.refresh_record_types(force=attempt > 0)
+                batch = self._decode(items)  # fresh per attempt: the ledger annotates messages
+                await self.ingest.commit(batch)
+                break
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self.ingest.db_ok = False
+                self.ingest.metrics.commit_failures += 1
+                delay = backoff(attempt)
+                self._log.warning(
+                    "bridge.commit_failed",
+                    error=str(exc)[:200],
+                    attempt=attempt,
+                    retry_in=round(delay, 2),
+                    batch=len(items),
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+        acked = self.session.ack(items)
+        self.ingest.metrics.lag_seconds = time.time() - items[0].received_at
+        self._publish_rejections(batch)
+        self._log.debug("bridge.batch", size=len(items), acked=acked)
+
+    def _publish_rejections(self, batch: Sequence[Message]) -> None:
+        topic = self.ingest.topics.ingest_errors
+        for msg in batch:
+            for e in msg.errors:
+                body = {
+                    "raw_id": msg.raw_id,
+                    "topic": msg.topic,
+                    "device": msg.device_key,
+                    "item": e.idx,
+                    "code": e.code.value,
+                    "detail": e.detail,
+                }
+                self.session.publish(topic, json.dumps(body).encode(), qos=0)

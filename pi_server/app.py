@@ -1,0 +1,109 @@
+"""FastAPI application factory. Routes get the hub's state from ``app.state.hub``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+
+import picofleet
+from bridge.decode import parse_json
+from bridge.ledger import outcome
+from bridge.service import Bridge, Ingest
+from picofleet.credentials import FleetKeys
+from picofleet.settings import Settings
+
+
+@dataclass
+class HubContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    ingest: Ingest
+    keys: FleetKeys
+    bridge: Bridge | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class IngestResult(BaseModel):
+    raw_id: int
+    processed_id: int | None
+    status: str
+
+
+def create_app(hub: HubContext) -> FastAPI:
+    app = FastAPI(title="picofleet hub", version=picofleet.__version__)
+    app.state.hub = hub
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": picofleet.__version__}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        checks: dict[str, bool] = {}
+        try:
+            async with hub.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            checks["database"] = hub.ingest.db_ok or hub.bridge is None
+        except Exception:
+            checks["database"] = False
+        if hub.bridge is not None:
+            checks["broker"] = hub.bridge.session.connected
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.post("/ingest", response_model=list[IngestResult])
+    async def ingest(request: Request) -> JSONResponse:
+        raw = await request.body()
+        ing = hub.ingest
+        now = time.time()
+        topic = ing.topics.ingest
+        await ing.refresh_record_types()
+        body: Any = None
+        if len(raw) <= hub.settings.max_payload_bytes:
+            try:
+                body, _ = parse_json(raw)
+            except ValueError:
+                body = None
+        if isinstance(body, list) and 0 < len(body) <= hub.settings.max_items_per_message:
+            msgs = [
+                ing.decoder.decode_value(topic, item, received_at=now, source="http")
+                for item in body
+            ]
+        else:
+            msgs = [ing.decoder.decode(topic, raw, received_at=now, source="http")]
+        await ing.commit(msgs)
+        results = [
+            IngestResult(
+                raw_id=m.raw_id,
+                processed_id=m.processed_ids[0] if m.processed_ids else None,
+                status=outcome(m),
+            ).model_dump()
+            for m in msgs
+        ]
+        return JSONResponse(results)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        lines = hub.ingest.metrics.render()
+        lines += ["# TYPE picofleet_db_up gauge", f"picofleet_db_up {int(hub.ingest.db_ok)}"]
+        if hub.bridge is not None:
+            s = hub.bridge.session
+            lines += [
+                "# TYPE picofleet_broker_connected gauge",
+                f"picofleet_broker_connected {int(s.connected)}",
+                "# TYPE picofleet_bridge_buffered gauge",
+                f"picofleet_bridge_buffered {s.buffered}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    from picofleet import extensions
+
+    for module in extensions.modules("routes"):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,246 @@
+"""Operator commands: ``tail``, ``doctor``, ``smoke`` and ``broker config``.
+
+They talk to a hub from outside, like an operator would: MQTT with the operator's (or a
+throwaway device's) derived credentials, HTTP with the operator token. None of them creates
+a fleet secret: a missing one is an error, never a new fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from picofleet.cli import CommandError, DataDir, settings_for
+from picofleet.credentials import OPERATOR_USER, FleetKeys, load_fleet_secret
+from picofleet.settings import Settings, mqtt_endpoint
+from picofleet.topics import Topics
+
+MqttOpt = Annotated[
+    str | None,
+    typer.Option("--mqtt", help="Broker HOST:PORT [PICOFLEET_MQTT_URL or 127.0.0.1:mqtt_port]."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
+
+
+def _keys(settings: Settings) -> FleetKeys:
+    try:
+        return FleetKeys(load_fleet_secret(settings, create=False))
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
+    try:
+        if mqtt:
+            return mqtt_endpoint(mqtt)
+        if settings.mqtt_url:
+            return mqtt_endpoint(settings.mqtt_url)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return "127.0.0.1", settings.mqtt_port
+
+
+def tail(
+    pattern: Annotated[
+        str | None, typer.Argument(help="MQTT topic filter or device key [every topic].")
+    ] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only rejected messages.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="`topic payload`, like mosquitto_sub -v.")] = (
+        False
+    ),
+    count: Annotated[int | None, typer.Option(help="Exit after this many messages.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Exit after this many seconds.")] = None,
+    mqtt: MqttOpt = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Follow the fleet's topics: one decoded line per message, with the device's key."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from pi_server.ops import tail as tl
+    from pi_server.ops.mqttc import BlockingClient, ConnectFailed
+
+    settings = settings_for(data_dir)
+    keys = _keys(settings)
+    topics = Topics(settings.topic_prefix)
+    try:
+        sel = tl.select(topics, pattern, errors=errors)
+    except tl.PatternError as exc:
+        raise CommandError(str(exc)) from None
+    host, port = _broker(settings, mqtt)
+    console = Console(highlight=False, soft_wrap=True)
+    colour = console.is_terminal
+    deadline = time.monotonic() + duration if duration is not None else None
+    shown = 0
+    try:
+        with BlockingClient(host, port, OPERATOR_USER, keys.role_password(OPERATOR_USER)) as client:
+            client.subscribe(sel.filters)
+            if colour:
+                console.print(f"[dim]following {' '.join(sel.filters)} on {host}:{port}[/dim]")
+            while count is None or shown < count:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                try:
+                    msg = client.messages.get(timeout=0.25)
+                except queue.Empty:
+                    continue
+                line = tl.describe(topics, msg.topic, msg.payload, retained=msg.retain)
+                if sel.device is not None and line.device != sel.device:
+                    continue
+                shown += 1
+                if raw:
+                    typer.echo(f"{msg.topic} {msg.payload.decode('utf-8', 'replace')}")
+                elif colour:
+                    text = Text(f"{line.time} ", style="dim")
+                    text.append(f"{line.device:<16} ", style="bold")
+                    text.append(f"{line.kind:<10} ", style=line.style)
+                    text.append(line.text)
+                    if line.retained:
+                        text.append(" (retained)", style="dim")
+                    console.print(text)
+                else:
+                    typer.echo(line.plain())
+    except ConnectFailed as exc:
+        raise CommandError(f"cannot follow {host}:{port}: {exc.reason}") from None
+    except KeyboardInterrupt:
+        return
+    if count is not None and shown < count:
+        raise CommandError(f"{shown} of {count} messages within {duration:g} s")
+
+
+def doctor(
+    mqtt: MqttOpt = None,
+    http: Annotated[
+        str | None,
+        typer.Option("--http", help="Hub URL that must answer (without it, a free port passes)."),
+    ] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", help="Leave out a check (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Pre-flight checks: database, migrations, secrets, clock, disk, broker, ports."""
+    from pi_server.ops import doctor as dr
+
+    unknown = set(skip or ()) - set(dr.CHECKS)
+    if unknown:
+        raise CommandError(f"unknown check(s) {sorted(unknown)}; known: {', '.join(dr.CHECKS)}")
+    settings = settings_for(data_dir)
+    target = dr.target_for(settings, mqtt=mqtt, http=http, skip=frozenset(skip or ()))
+    results = asyncio.run(dr.run(target))
+    if as_json:
+        typer.echo(dr.as_json(results))
+    else:
+        for r in results:
+            typer.echo(r.line())
+    if not dr.ok(results):
+        failed = [r.name for r in results if r.status is dr.Status.FAIL]
+        raise CommandError(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+def smoke(
+    http: Annotated[
+        str | None, typer.Option("--http", help="Hub URL [http://127.0.0.1:http_port].")
+    ] = None,
+    mqtt: MqttOpt = None,
+    device: Annotated[str | None, typer.Option(help="Device key to use [smoke-<random>].")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds each step may wait.")] = 15.0,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for /health to answer.")] = 0.0,
+    as_json: JsonOpt = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Post-deploy smoke test of a running hub (health, MQTT -> PostgreSQL, errors, clean-up)."""
+    from pi_server.ops import smoke as sm
+    from picofleet.topics import valid_device_key
+
+    settings = settings_for(data_dir)
+    host, port = _broker(settings, mqtt)
+    run = sm.Smoke(
+        http=http or f"http://127.0.0.1:{settings.http_port}",
+        mqtt_host=host,
+        mqtt_port=port,
+        keys=_keys(settings),
+        topics=Topics(settings.topic_prefix),
+        timeout=timeout,
+        wait=wait,
+    )
+    if device is not None:
+        if not valid_device_key(device):
+            raise CommandError(f"{device!r} is not a valid device key")
+        run.device_key = device
+    steps = run.run()
+    if as_json:
+        typer.echo(sm.as_json(run))
+    else:
+        for s in steps:
+            typer.echo(s.line())
+    if not sm.ok(steps):
+        failed = [s.name for s in steps if s.ok is False]
+        raise CommandError(f"smoke: failed: {', '.join(failed)}")
+
+
+def broker_config(
+    out: Annotated[Path, typer.Option("--out", help="Directory for mosquitto.conf, passwd, acl.")],
+    port: Annotated[int, typer.Option(help="Listener port.")] = 1883,
+    bind: Annotated[str, typer.Option(help="Listener address.")] = "0.0.0.0",
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="Device key to admit (repeatable).")
+    ] = None,
+    from_db: Annotated[
+        bool, typer.Option("--from-db/--no-db", help="Admit every unblocked device in the DB.")
+    ] = True,
+    owner: Annotated[
+        str | None, typer.Option(help="chown the files to UID:GID (the broker's user).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Write Mosquitto's config, password file and ACL for this fleet (then SIGHUP it)."""
+    from broker import mosquitto
+    from broker.policy import Policy
+    from picofleet.topics import valid_device_key
+
+    settings = settings_for(data_dir)
+    keys = _keys(settings)
+    admitted = set(device or ())
+    bad = sorted(k for k in admitted if not valid_device_key(k))
+    if bad:
+        raise CommandError(f"not valid device keys: {bad}")
+    blocked: set[str] = set()
+    if from_db and settings.database_url:
+        rows = asyncio.run(_device_keys(settings.database_url))
+        admitted |= {k for k, b in rows if not b}
+        blocked = {k for k, b in rows if b}
+    policy = Policy(Topics(settings.topic_prefix), keys, blocked=blocked)
+    conf = mosquitto.write_config(out, policy, device_keys=admitted, bind=bind, port=port)
+    if owner:
+        uid, _, gid = owner.partition(":")
+        for f in (out, conf, out / "passwd", out / "acl"):
+            os.chown(f, int(uid), int(gid or uid))
+    typer.echo(f"wrote {conf} ({len(admitted - blocked)} device(s) admitted)")
+
+
+async def _device_keys(url: str) -> list[tuple[str, bool]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        rows = await conn.fetch("SELECT device_key, blocked FROM device")
+    finally:
+        await conn.close()
+    return [(r["device_key"], r["blocked"]) for r in rows]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(tail)
+    app.command()(doctor)
+    app.command()(smoke)
+    broker_app = typer.Typer(help="The production broker (Mosquitto).", no_args_is_help=True)
+    broker_app.command("config")(broker_config)
+    app.add_typer(broker_app, name="broker")

@@ -1,0 +1,1 @@
+"""ota area of the hub (see picofleet/extensions.py for how it plugs in)."""

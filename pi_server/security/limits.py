@@ -1,0 +1,109 @@
+"""Request size limits for the HTTP app, enforced before any route reads a byte.
+
+Routes keep their own, finer limits (``/ingest`` stores an oversized message as
+``payload_too_large`` like MQTT does, OTA uploads check ``max_artifact_bytes``); this is the
+outer bound that keeps a hostile or broken client from making the hub buffer an unbounded
+body. A declared ``Content-Length`` over the limit is refused at once; a chunked body is
+counted as it streams and refused when it crosses the limit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from picofleet.settings import Settings
+
+# The same bound as the generated Mosquitto config's max_packet_size: nothing the hub accepts
+# over MQTT is bigger, so nothing over HTTP needs to be either.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def body_limit(settings: Settings) -> int:
+    """The HTTP body limit for these settings: never below one MQTT message's limit."""
+    return max(DEFAULT_MAX_BODY_BYTES, settings.max_payload_bytes)
+
+
+def _too_large(limit: int) -> tuple[Message, Message]:
+    body = json.dumps({"detail": f"request body over the limit of {limit} bytes"}).encode()
+    start: Message = {
+        "type": "http.response.start",
+        "status": 413,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class BodySizeLimit:
+    """ASGI middleware: ``app.add_middleware(BodySizeLimit, max_bytes=...)``.
+
+    Args:
+        app: the wrapped ASGI application.
+        max_bytes: the largest request body accepted, in bytes.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            for message in _too_large(self.max_bytes):
+                await send(message)
+            return
+        seen = 0
+        over = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # The app sees a client that went away; its answer is replaced below.
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # swallow whatever the app makes of the "disconnect"
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            started = True
+            for message in _too_large(self.max_bytes):
+                await send(message)
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body length; a malformed header counts as too large."""
+    headers: Any = scope.get("headers") or ()
+    for name, value in headers:
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else 1 << 62
+    return None

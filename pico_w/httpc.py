@@ -1,0 +1,111 @@
+# A small HTTP/1.0 client on a raw socket: GET with an optional `Range: bytes=N-`, status and
+# headers parsed, the body streamed into the caller's buffer (nothing is read whole into RAM).
+# Used for OTA artifacts and for the hub's Date header when NTP is out of reach. Every socket
+# has a timeout, so no call blocks past the watchdog.
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class HttpError(Exception):
+    pass
+
+
+def split_url(url):
+    # (host, port, path) of an http:// URL.
+    if not url.startswith("http://"):
+        raise HttpError("only http:// URLs are supported")
+    rest = url[7:]
+    i = rest.find("/")
+    hostport, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
+    host, _, port = hostport.partition(":")
+    if not host:
+        raise HttpError("URL without a host")
+    try:
+        port = int(port) if port else 80
+    except ValueError:
+        raise HttpError("bad port in URL")
+    return host, port, path
+
+
+class Response:
+    def __init__(self, sock, status, headers):
+        self.status = status
+        self.headers = headers  # lower-case names
+        self._sock = sock
+
+    def readinto(self, buf):
+        # Bytes read into buf (a bytearray or memoryview); 0 at the end of the body.
+        n = self._sock.readinto(buf)
+        return n or 0
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def get(url, start=0, timeout=5):
+    import socket
+
+    host, port, path = split_url(url)
+    addr = socket.getaddrinfo(host, port)[0][-1]
+    s = socket.socket()
+    try:
+        s.settimeout(timeout)
+        s.connect(addr)
+        s.write(b"GET ")
+        s.write(path.encode())
+        s.write(b" HTTP/1.0\r\nHost: ")
+        s.write(host.encode())
+        if start:
+            s.write(("\r\nRange: bytes=%d-" % start).encode())
+        s.write(b"\r\nUser-Agent: picofleet-pico_w\r\n\r\n")
+        line = s.readline()
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise HttpError("not an HTTP response")
+        status = int(parts[1])
+        headers = {}
+        while True:
+            line = s.readline()
+            if not line or line == b"\r\n":
+                break
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower().decode()] = value.strip().decode()
+    except BaseException:
+        s.close()
+        raise
+    return Response(s, status, headers)
+
+
+def parse_date(text):
+    # Unix seconds of an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), or None.
+    try:
+        _, day, mon, year, hms, _ = text.split()
+        month = _MONTHS.index(mon) + 1
+        h, mi, s = hms.split(":")
+        return _days(int(year), month, int(day)) * 86400 + int(h) * 3600 + int(mi) * 60 + int(s)
+    except ValueError:
+        return None
+
+
+def _days(y, m, d):
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def server_time(url, timeout=3):
+    # Unix time from the Date header of a GET, or None.
+    try:
+        r = get(url, timeout=timeout)
+    except (OSError, HttpError):
+        return None
+    try:
+        return parse_date(r.headers.get("date", ""))
+    finally:
+        r.close()

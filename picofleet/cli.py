@@ -1,0 +1,208 @@
+"""``picofleet`` command line: a thin layer that builds Settings and calls the components.
+
+Every command takes ``--data-dir`` (env ``PICOFLEET_DATA_DIR``). Errors a user can fix are
+printed as ``picofleet: message`` with exit code 1; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from picofleet import logs
+from picofleet.settings import Settings
+
+app = typer.Typer(
+    help="Run a fleet of Raspberry Pi Picos from a Raspberry Pi.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database: migrations and connection URL.", no_args_is_help=True)
+creds_app = typer.Typer(help="MQTT credentials for devices and operators.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(creds_app, name="creds")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="PICOFLEET_DATA_DIR",
+        help="Hub state: embedded database, fleet secret, keys [./picofleet-data].",
+    ),
+]
+
+
+class CommandError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+
+def settings_for(data_dir: Path | None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    settings = Settings(**values)
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        for k, v in data.items():
+            typer.echo(f"{k}: {v}")
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    mqtt_port: Annotated[int | None, typer.Option(help="MQTT listener port [1883].")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+    broker: Annotated[str | None, typer.Option(help="amqtt (embedded) or mosquitto.")] = None,
+    usb_gateway: Annotated[
+        bool, typer.Option(help="Also relay USB Picos' serial telemetry (pi_server.usb).")
+    ] = False,
+) -> None:
+    """Run the whole hub: embedded PostgreSQL (unless configured), broker, bridge, HTTP."""
+    import os
+
+    from picofleet.hub import run_hub
+
+    if usb_gateway:
+        os.environ["PICOFLEET_USB_GATEWAY"] = "1"  # read by pi_server.usb's own settings
+
+    settings = settings_for(data_dir, mqtt_port=mqtt_port, http_port=http_port, broker=broker)
+    asyncio.run(run_hub(settings, roles={"bridge", "http"}, embedded_broker=True))
+
+
+@app.command()
+def serve(
+    role: Annotated[str, typer.Argument(help="bridge, http or usb-gateway")],
+    data_dir: DataDir = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+) -> None:
+    """Run one role against PICOFLEET_DATABASE_URL and PICOFLEET_MQTT_URL."""
+    from picofleet.hub import run_hub
+
+    if role == "usb-gateway":
+        from pi_server.usb.cli import gateway_cmd
+
+        gateway_cmd(data_dir=data_dir, port=None)
+        return
+    if role not in ("bridge", "http"):
+        raise CommandError(f"unknown role {role!r}; use bridge, http or usb-gateway")
+    settings = settings_for(data_dir, http_port=http_port)
+    if not settings.database_url:
+        raise CommandError("serve needs PICOFLEET_DATABASE_URL (or DATABASE_URL)")
+    asyncio.run(run_hub(settings, roles={role}, embedded_broker=False))
+
+
+@db_app.command("migrate")
+def db_migrate(data_dir: DataDir = None) -> None:
+    """Apply pending migrations from sql/."""
+    from picofleet import db
+    from picofleet.hub import embedded_url
+
+    settings = settings_for(data_dir)
+    applied = asyncio.run(db.migrate(embedded_url(settings)))
+    typer.echo(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
+
+
+@db_app.command("url")
+def db_url(data_dir: DataDir = None) -> None:
+    """Print a libpq URL (psql "$(picofleet db url)")."""
+    from picofleet.hub import embedded_url
+
+    typer.echo(embedded_url(settings_for(data_dir)))
+
+
+@creds_app.command("device")
+def creds_device(
+    key: Annotated[str, typer.Argument(help="device key (serial or legacy numeric id)")],
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    register: Annotated[
+        bool, typer.Option(help="Also record the device, so a managed Mosquitto lets it in.")
+    ] = False,
+) -> None:
+    """MQTT username and password of one device."""
+    from picofleet.hub import fleet_keys
+    from picofleet.topics import valid_device_key
+
+    if not valid_device_key(key):
+        raise CommandError(f"{key!r} is not a valid device key ([A-Za-z0-9_-]{{1,64}})")
+    settings = settings_for(data_dir)
+    keys = fleet_keys(settings)
+    if register:
+        from picofleet import db
+        from picofleet.hub import embedded_url
+
+        asyncio.run(db.register_device(embedded_url(settings), key))
+    _emit({"username": key, "password": keys.device_password(key)}, as_json)
+
+
+@creds_app.command("operator")
+def creds_operator(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """MQTT credentials (read everything, publish commands) and the HTTP operator token."""
+    from picofleet.credentials import OPERATOR_USER
+    from picofleet.hub import fleet_keys
+
+    keys = fleet_keys(settings_for(data_dir))
+    _emit(
+        {
+            "username": OPERATOR_USER,
+            "password": keys.role_password(OPERATOR_USER),
+            "http_token": keys.operator_token,
+        },
+        as_json,
+    )
+
+
+def _register_extensions() -> None:
+    from picofleet import extensions
+
+    for module in extensions.modules("cli"):
+        module.register(app)
+
+
+def main() -> int:
+    _register_extensions()
+    try:
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code  # typer.Exit(code) from a command
+    except CommandError as exc:
+        typer.echo(f"picofleet: {exc}", err=True)
+        return 1
+    except Exception as exc:
+        from picofleet.db import MigrationError
+        from picofleet.pgembed import PostgresUnavailable
+
+        if isinstance(exc, (PostgresUnavailable, MigrationError, OSError)):
+            typer.echo(f"picofleet: {exc}", err=True)
+            return 1
+        if isinstance(exc, (typer.Abort, KeyboardInterrupt)):
+            return 130
+        if type(exc).__name__ in (
+            "UsageError",
+            "NoSuchOption",
+            "BadParameter",
+            "MissingParameter",
+            "NoArgsIsHelpError",
+        ):
+            from click import ClickException
+
+            assert isinstance(exc, ClickException)
+            exc.show()
+            return 2
+        raise
+    return 0

@@ -1,0 +1,89 @@
+"""One settings class for every hub role.
+
+Values come from the process environment (prefix ``PICOFLEET_``), a ``.env`` file, then the
+defaults below. Secrets are ``SecretStr`` so they never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PICOFLEET_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Path("./picofleet-data")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PICOFLEET_DATABASE_URL", "DATABASE_URL", "database_url"),
+    )
+    mqtt_url: str | None = None
+    broker: Literal["amqtt", "mosquitto"] = "amqtt"
+    mqtt_bind: str = "0.0.0.0"
+    mqtt_port: int = 1883
+    http_bind: str = "0.0.0.0"
+    http_port: int = 8000
+    public_host: str | None = None
+    topic_prefix: str = "picofleet"
+
+    provision_secret: SecretStr | None = None
+    legacy_token_enabled: bool = True
+    token_window_s: int = 300
+    max_clock_drift_s: int = 3600
+
+    max_payload_bytes: int = 256 * 1024
+    max_items_per_message: int = 1000
+    stored_payload_bytes: int = 64 * 1024
+    batch_max_messages: int = 1000
+    batch_max_age_ms: int = 20
+    buffer_max_messages: int = 20000
+    bridge_client_id: str = "picofleet-bridge"
+    shared_subscription: str | None = None
+    mqtt_keepalive_s: int = 30
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("provision_secret")
+    @classmethod
+    def _refuse_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        raw = v.get_secret_value()
+        if raw.lower() in _PLACEHOLDERS or len(raw) < 16:
+            raise ValueError(
+                "provision_secret must be at least 16 characters and not a placeholder"
+            )
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _clean_prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v or any(c in v for c in "+#"):
+            raise ValueError("topic_prefix must be a non-empty topic level without wildcards")
+        return v
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+
+def mqtt_endpoint(url: str) -> tuple[str, int]:
+    """Host and port of an ``mqtt://host:port`` URL (credentials in the URL are ignored)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r}; use mqtt://host:port")
+    return parts.hostname or "127.0.0.1", parts.port or 1883

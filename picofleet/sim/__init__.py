@@ -1,0 +1,1 @@
+"""Fleet simulators: a fast MQTT load generator, and (firmware.py) the real firmware loop."""

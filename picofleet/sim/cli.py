@@ -1,0 +1,138 @@
+"""``picofleet simulate``: a fleet load generator (or the real firmware loop, --firmware)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Annotated, cast
+
+import typer
+
+from picofleet.cli import CommandError, DataDir, settings_for
+
+
+def _percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def simulate(
+        data_dir: DataDir = None,
+        devices: Annotated[int, typer.Option(help="Simulated devices.")] = 10,
+        rate: Annotated[float, typer.Option(help="Messages per second, all devices.")] = 10.0,
+        duration: Annotated[float, typer.Option(help="Seconds to run.")] = 10.0,
+        fmt: Annotated[str, typer.Option("--format", help="legacy, v1 or mixed.")] = "mixed",
+        malformed: Annotated[float, typer.Option(help="Fraction of malformed messages.")] = 0.0,
+        processes: Annotated[int, typer.Option(help="Generator processes.")] = 1,
+        host: Annotated[str, typer.Option(help="Broker host.")] = "127.0.0.1",
+        port: Annotated[int | None, typer.Option(help="Broker port [mqtt_port].")] = None,
+        shard: Annotated[str | None, typer.Option(hidden=True)] = None,
+        firmware: Annotated[
+            bool, typer.Option(help="Run N copies of the real pico_w firmware loop instead.")
+        ] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="JSON summary.")] = False,
+    ) -> None:
+        """Simulate a fleet over MQTT with real device credentials; prints what it sent."""
+        from picofleet.hub import fleet_keys
+        from picofleet.topics import Topics
+
+        settings = settings_for(data_dir)
+        port = port or settings.mqtt_port
+        keys = fleet_keys(settings)
+        topics = Topics(settings.topic_prefix)
+        if fmt not in ("legacy", "v1", "mixed"):
+            raise CommandError("--format must be legacy, v1 or mixed")
+        if firmware:
+            from picofleet.sim import firmware as fw
+
+            http = f"http://{host}:{settings.http_port}"
+            asyncio.run(
+                fw.run_firmware_fleet(
+                    n=devices,
+                    mqtt_host=host,
+                    mqtt_port=port,
+                    http_base=http,
+                    keys=keys,
+                    prefix=settings.topic_prefix,
+                    duration=duration,
+                )
+            )
+            return
+        if processes > 1 and shard is None:
+            _fan_out(processes, devices, rate)
+            return
+        first, count = 0, devices
+        if shard:
+            i, k = (int(x) for x in shard.split("/"))
+            count = devices // k + (1 if i < devices % k else 0)
+            first = i * (devices // k) + min(i, devices % k)
+            rate = rate / k
+        from picofleet.sim.load import Format, run_load
+
+        res = asyncio.run(
+            run_load(
+                host=host,
+                port=port,
+                keys=keys,
+                topics=topics,
+                devices=count,
+                rate=rate,
+                duration=duration,
+                fmt=cast(Format, fmt),
+                malformed=malformed,
+                first=first,
+            )
+        )
+        summary = {
+            "devices": res.devices,
+            "sent": res.sent,
+            "acked": res.acked,
+            "malformed": res.malformed,
+            "seconds": round(res.seconds, 3),
+            "rate": round(res.rate, 1),
+            "puback_p50_ms": round(_percentile(res.latencies, 0.5) * 1000, 2),
+            "puback_p99_ms": round(_percentile(res.latencies, 0.99) * 1000, 2),
+        }
+        if as_json or shard:
+            typer.echo(json.dumps(summary))
+        else:
+            for k2, v in summary.items():
+                typer.echo(f"{k2}: {v}")
+
+    def _fan_out(processes: int, devices: int, rate: float) -> None:
+        argv = [a for a in sys.argv[1:] if not a.startswith("--processes")]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "picofleet",
+                    *argv,
+                    "--shard",
+                    f"{i}/{processes}",
+                    "--processes",
+                    "1",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=os.environ.copy(),
+            )
+            for i in range(processes)
+        ]
+        totals = {"devices": 0, "sent": 0, "acked": 0, "malformed": 0}
+        for p in procs:
+            out, _ = p.communicate()
+            if p.returncode != 0:
+                raise CommandError(f"generator process failed ({p.returncode})")
+            part = json.loads(out.strip().splitlines()[-1])
+            for k2 in totals:
+                totals[k2] += part[k2]
+        for k2, v in totals.items():
+            typer.echo(f"{k2}: {v}")

@@ -1,0 +1,189 @@
+"""Real parts for every test: PostgreSQL, amqtt in-process, Mosquitto as a subprocess.
+
+One PostgreSQL cluster per session; each test gets its own database cloned from a migrated
+template, so tests never share rows. Set PICOFLEET_REQUIRE_ALL=1 (CI does) to turn every
+"component missing" skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+from pydantic import SecretStr
+
+from broker.embedded import EmbeddedBroker
+from broker.policy import Policy
+from picofleet import db
+from picofleet.credentials import FleetKeys
+from picofleet.pgembed import EmbeddedPostgres
+from picofleet.settings import Settings
+from picofleet.topics import Topics
+from tests.helpers import SECRET, free_port
+
+REQUIRE_ALL = os.environ.get("PICOFLEET_REQUIRE_ALL") == "1"
+TEMPLATE = "picofleet_template"
+
+
+def need(condition: bool, what: str) -> None:
+    """Skip locally when a component is missing; fail in CI where everything must run."""
+    if not condition:
+        if REQUIRE_ALL:
+            pytest.fail(f"required component missing: {what}")
+        pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_structlog() -> Iterator[None]:
+    structlog.reset_defaults()
+    structlog.configure(cache_logger_on_first_use=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[EmbeddedPostgres]:
+    # Outside pytest's numbered temp dirs: those are rotated away by other pytest sessions.
+    root = Path(tempfile.mkdtemp(prefix="picofleet-test-pg-"))
+    os.chmod(root, 0o755)
+    pg = EmbeddedPostgres(root)
+    pg.start()
+    pg.ensure_database(TEMPLATE)
+    asyncio.run(db.migrate(pg.url(TEMPLATE)))
+    yield pg
+    pg.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def db_url(pg_cluster: EmbeddedPostgres) -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_cluster.url("postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+    finally:
+        await admin.close()
+    yield pg_cluster.url(name)
+    admin = await asyncpg.connect(pg_cluster.url("postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(db_url, max_size=4)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        provision_secret=SecretStr(SECRET),
+        mqtt_port=free_port(),
+        http_port=free_port(),
+        topic_prefix="picofleet",
+        mqtt_bind="127.0.0.1",
+        http_bind="127.0.0.1",
+        bridge_client_id=f"bridge-{uuid.uuid4().hex[:6]}",
+        batch_max_age_ms=5,
+    )
+
+
+@pytest.fixture
+def keys() -> FleetKeys:
+    return FleetKeys(SECRET.encode())
+
+
+@pytest.fixture
+def policy(keys: FleetKeys) -> Policy:
+    return Policy(Topics("picofleet"), keys)
+
+
+@pytest.fixture
+async def amqtt_broker(policy: Policy) -> AsyncIterator[EmbeddedBroker]:
+    async with EmbeddedBroker(policy=policy, bind="127.0.0.1", port=free_port()) as b:
+        yield b
+
+
+def mosquitto_available() -> bool:
+    return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+
+
+@pytest.fixture
+async def mosquitto_factory(tmp_path: Path, policy: Policy) -> AsyncIterator[Any]:
+    """Start Mosquitto with the generated config for the given device keys."""
+    from broker import mosquitto
+
+    need(mosquitto_available(), "mosquitto")
+    stack = contextlib.AsyncExitStack()
+
+    async def start(device_keys: list[str], port: int | None = None) -> Any:
+        port = port or free_port()
+        conf = mosquitto.write_config(
+            tmp_path / f"mosq-{port}", policy, device_keys=device_keys, bind="127.0.0.1", port=port
+        )
+        return await stack.enter_async_context(mosquitto.ManagedMosquitto(conf, port=port))
+
+    async with stack:
+        yield start
+
+
+class RunningHub:
+    def __init__(
+        self, settings: Settings, task: asyncio.Task[None], stop: asyncio.Event, keys: FleetKeys
+    ) -> None:
+        self.settings, self.task, self.stop_event, self.keys = settings, task, stop, keys
+        self.topics = Topics(settings.topic_prefix)
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.settings.mqtt_port
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http_port}"
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, 20)
+
+
+@pytest.fixture
+async def hub(settings: Settings, keys: FleetKeys) -> AsyncIterator[RunningHub]:
+    """The whole hub (amqtt, bridge, HTTP) in this loop, on the test's own database."""
+    from picofleet.hub import run_hub
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        run_hub(
+            settings,
+            roles={"bridge", "http"},
+            stop=stop,
+            embedded_broker=True,
+            ready=ready,
+            handle_signals=False,
+        )
+    )
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    assert ready.is_set(), "hub did not become ready"
+    running = RunningHub(settings, task, stop, keys)
+    yield running
+    if not task.done():
+        await running.stop()

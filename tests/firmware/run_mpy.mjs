@@ -1,0 +1,58 @@
+// Run a script in real MicroPython (the WebAssembly build from npm) with firmware modules
+// placed in its file system, the way they sit in a Pico's flash.
+//
+//   node run_mpy.mjs [--heap BYTES] [--file NAME=PATH]... SCRIPT
+//
+// Every --file is written to /NAME in the MicroPython VFS (the import path starts at /).
+// The script's output goes to stdout; an uncaught Python exception prints its traceback
+// to stderr and exits with status 1.
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { dirname, resolve } from "node:path";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const pkg = resolve(
+  here,
+  "../../node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs",
+);
+
+function parseArgs(argv) {
+  const opts = { heap: 192 * 1024, files: [], script: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--heap") opts.heap = Number(argv[++i]);
+    else if (a === "--file") {
+      const spec = argv[++i];
+      const eq = spec.indexOf("=");
+      opts.files.push([spec.slice(0, eq), spec.slice(eq + 1)]);
+    } else opts.script = a;
+  }
+  if (!opts.script) throw new Error("usage: run_mpy.mjs [--heap N] [--file NAME=PATH]... SCRIPT");
+  return opts;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+const { loadMicroPython } = await import(pkg);
+const mp = await loadMicroPython({
+  heapsize: opts.heap,
+  stdout: (line) => process.stdout.write(line + "\n"),
+  stderr: (line) => process.stderr.write(line + "\n"),
+});
+for (const [name, path] of opts.files) {
+  const parts = name.split("/");
+  for (let i = 1; i < parts.length; i++) {
+    const dir = "/" + parts.slice(0, i).join("/");
+    try {
+      mp.FS.mkdir(dir);
+    } catch {
+      // already there
+    }
+  }
+  mp.FS.writeFile("/" + name, readFileSync(path));
+}
+try {
+  mp.runPython(readFileSync(opts.script, "utf8"));
+} catch (err) {
+  process.stderr.write(String(err && err.message ? err.message : err) + "\n");
+  process.exit(1);
+}

@@ -1,0 +1,107 @@
+"""Test helpers: free ports, waiting on conditions, MQTT clients with real credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+SECRET = "test-fleet-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+) -> Any:
+    """Poll an async check until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+class Client:
+    """A blocking paho client for tests: connect, publish (waiting for PUBACK), subscribe."""
+
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        client_id: str = "",
+        *,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
+        )
+        if username is not None:
+            self.c.username_pw_set(username, password)
+        self.messages: list[tuple[str, bytes]] = []
+        self.suback: list[Any] = []
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.rc: Any = None
+        self._subacked = threading.Event()
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = self._on_subscribe
+        self.host, self.port = host, port
+
+    def _on_connect(self, c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+        self.rc = rc
+        self._connected.set()
+
+    def _on_message(self, c: Any, u: Any, m: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((m.topic, m.payload))
+
+    def _on_subscribe(self, c: Any, u: Any, mid: Any, rcs: Any, p: Any) -> None:
+        self.suback = list(rcs)
+        self._subacked.set()
+
+    def connect(self, timeout: float = 5.0) -> bool:
+        """True when the broker accepted the connection."""
+        try:
+            self.c.connect(self.host, self.port, keepalive=30)
+        except OSError:
+            return False
+        self.c.loop_start()
+        if not self._connected.wait(timeout):
+            return False
+        if self.rc.is_failure:
+            self.c.loop_stop()
+            return False
+        return True
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(10)
+
+    def subscribe(self, topic: str, qos: int = 1) -> list[Any]:
+        self._subacked.clear()
+        self.c.subscribe(topic, qos)
+        assert self._subacked.wait(5), "no SUBACK"
+        return self.suback
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()

@@ -1,0 +1,168 @@
+"""`picofleet up` as a user runs it: a subprocess with embedded PostgreSQL and amqtt.
+
+Checks the printed mosquitto_sub line works, a mosquitto_pub with device credentials lands
+in PostgreSQL, `db url` works with psql, and SIGTERM leaves no postgres behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import need
+from tests.helpers import free_port
+
+CLI = [sys.executable, "-m", "picofleet"]
+
+
+def run_cli(*args: str, data_dir: Path) -> str:
+    res = subprocess.run(
+        [*CLI, *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def postgres_pids(data_dir: Path) -> list[int]:
+    pids = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.info["cmdline"] or ())
+            if p.info["name"] == "postgres" and str(data_dir) in cmd:
+                pids.append(p.pid)
+    return pids
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "hubdata"
+    d.mkdir()
+    os.chmod(tmp_path, 0o755)
+    return d
+
+
+def test_up_end_to_end(data_dir: Path) -> None:
+    need(bool(shutil.which("mosquitto_sub")), "mosquitto-clients")
+    mqtt_port, http_port = free_port(), free_port()
+    env = dict(os.environ, PICOFLEET_LOG_FORMAT="json")
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--mqtt-port",
+            str(mqtt_port),
+            "--http-port",
+            str(http_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "hub exited early:\n" + "".join(lines)
+            lines.append(line)
+            if "device credentials" in line:
+                break
+        banner = "".join(lines)
+        sub_line = next(ln.strip() for ln in lines if ln.strip().startswith("mosquitto_sub"))
+        assert f"-p {mqtt_port}" in sub_line and f"http://127.0.0.1:{http_port}/" in banner
+
+        # The printed line works as printed (plus -C 2: the retained hub status, then ours).
+        sub = subprocess.Popen(
+            [*shlex.split(sub_line), "-C", "2", "-W", "20"], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(0.5)
+        creds = json.loads(run_cli("creds", "device", "AI-CLI001", "--json", data_dir=data_dir))
+        assert creds["username"] == "AI-CLI001"
+        body = json.dumps(
+            {"v": 1, "seq": 1, "readings": [{"type": "soil_moisture_pct", "value": 33.3}]}
+        )
+        t0 = time.monotonic()
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-p",
+                str(mqtt_port),
+                "-u",
+                creds["username"],
+                "-P",
+                creds["password"],
+                "-q",
+                "1",
+                "-t",
+                "picofleet/devices/AI-CLI001/telemetry",
+                "-m",
+                body,
+            ],
+            check=True,
+        )
+        out, _ = sub.communicate(timeout=25)
+        assert "AI-CLI001/telemetry" in out
+
+        url = run_cli("db", "url", data_dir=data_dir).strip()
+        assert url.startswith("postgresql://")
+        psql = shutil.which("psql") or next(iter(Path("/usr/lib/postgresql").glob("*/bin/psql")))
+        value = ""
+        while time.monotonic() - t0 < 5:
+            value = subprocess.run(
+                [str(psql), url, "-Atc", "SELECT value FROM processed_record"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            if value:
+                break
+            time.sleep(0.05)
+        assert value == "33.3"
+        assert time.monotonic() - t0 < 5
+        assert postgres_pids(data_dir), "embedded postgres should be running"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, rest
+    assert re.search(r"hub\.stopped", rest)
+    deadline = time.monotonic() + 10
+    while postgres_pids(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert postgres_pids(data_dir) == []
+    secret = data_dir / "fleet.secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+
+
+def test_creds_and_migrate(data_dir: Path) -> None:
+    op = json.loads(run_cli("creds", "operator", "--json", data_dir=data_dir))
+    assert op["username"] == "operator" and len(op["password"]) == 40
+    bad = subprocess.run(
+        [*CLI, "creds", "device", "a/b", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1 and bad.stderr.startswith("picofleet: ")
+    out = run_cli("db", "migrate", data_dir=data_dir)
+    assert "applied 3 migration" in out or "applied" in out
+    again = run_cli("db", "migrate", data_dir=data_dir)
+    assert again.startswith("applied 0 migration")

@@ -1,0 +1,130 @@
+"""The wheel from the release bundle, installed (not editable) in a fresh venv, runs the hub:
+the migrations and the firmware ship inside it, and it knows which commit it is."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from picofleet.pgembed import EmbeddedPostgres
+from tests.helpers import free_port
+from tests.release.conftest import VERSION, Bundles, clean_env
+from tests.release.test_bundle import tree_files
+
+
+def run(venv: Path, *args: str, cwd: Path) -> str:
+    res = subprocess.run(
+        [str(venv / "bin" / "picofleet"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(),
+        timeout=180,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def get_json(url: str, within: float = 15.0) -> Any:
+    """GET ``url``, retrying while the server is still binding its port."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return json.loads(resp.read())
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def site_packages(venv: Path) -> Path:
+    (path,) = (venv / "lib").glob("python3*/site-packages")
+    return path
+
+
+def test_installed_wheel_holds_sql_and_firmware(
+    wheel_venv: Path, snapshot: Path, tmp_path: Path
+) -> None:
+    out = subprocess.run(
+        [str(wheel_venv / "bin" / "python"), "-c", "import picofleet; print(picofleet.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        check=True,
+    ).stdout
+    package = Path(out.strip()).parent
+    assert package == site_packages(wheel_venv) / "picofleet"
+    for sub in ("sql", "pico_w", "pico_usb"):
+        shipped = tree_files(package, sub)
+        assert shipped == tree_files(snapshot, sub)
+
+
+def test_version_names_the_release_commit(
+    wheel_venv: Path, bundles: Bundles, tmp_path: Path
+) -> None:
+    info = json.loads(run(wheel_venv, "version", "--json", cwd=tmp_path))
+    assert info == {
+        "version": VERSION,
+        "commit": bundles.commit,
+        "commit_source": "build",
+        "firmware": bundles.first.meta.firmware,
+    }
+    text = run(wheel_venv, "version", cwd=tmp_path)
+    assert text.startswith(f"picofleet {VERSION}\ncommit    {bundles.commit} (build)")
+
+
+def test_migrate_and_up_from_the_wheel(
+    wheel_venv: Path, snapshot: Path, bundles: Bundles, tmp_path: Path
+) -> None:
+    os.chmod(tmp_path, 0o755)
+    data = tmp_path / "hub"
+    data.mkdir()
+    try:
+        out = run(wheel_venv, "db", "migrate", "--data-dir", str(data), cwd=tmp_path)
+        migrations = sorted(p.stem for p in (snapshot / "sql").glob("[0-9]*.sql"))
+        assert out.strip() == f"applied {len(migrations)} migration(s): {', '.join(migrations)}"
+
+        mqtt_port, http_port = free_port(), free_port()
+        cmd = [str(wheel_venv / "bin" / "picofleet"), "up", "--data-dir", str(data)]
+        cmd += ["--mqtt-port", str(mqtt_port), "--http-port", str(http_port)]
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(PICOFLEET_LOG_FORMAT="json"),
+        )
+        lines: list[str] = []
+        try:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                assert line, "hub exited early:\n" + "".join(lines)
+                lines.append(line)
+                if "device credentials" in line:
+                    break
+            banner = "".join(lines)
+            assert "picofleet hub is up" in banner and f"http://127.0.0.1:{http_port}/" in banner
+            health = get_json(f"http://127.0.0.1:{http_port}/health")
+            assert health["status"] == "ok" and health["version"] == VERSION
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rest = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0, banner + rest
+        assert "hub.stopped" in rest
+    finally:
+        with contextlib.suppress(Exception):  # left running only if the test failed early
+            EmbeddedPostgres(data).stop()
