@@ -22,6 +22,8 @@ class Code(StrEnum):
     BLOCKED_DEVICE = "blocked_device"
     STARTUP_AUTH_ERROR = "startup_auth_error"
     UNKNOWN_TOPIC = "unknown_topic"
+    # The database refused the message's data (not an outage): its raw bytes are kept.
+    STORE_REFUSED = "store_refused"
 
 
 # What POST /ingest reports for a message whose first error has this code.

@@ -71,8 +71,8 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
 WHERE d.device_key = u.serial
 """
 Q_STATUS = """
-UPDATE device d SET state = coalesce(u.status->>'state', d.state),
-       firmware = coalesce(u.status->>'fw', d.firmware), status = u.status
+UPDATE device d SET state = coalesce(s.status->>'state', d.state),
+       firmware = coalesce(s.status->>'fw', d.firmware), status = s.status
 FROM unnest($1::text[], $2::text[]) AS u(key, body), LATERAL (SELECT u.body::jsonb) AS s(status)
 WHERE d.device_key = u.key
 """
@@ -109,8 +109,14 @@ class Ledger:
     async def write(self, batch: Sequence[Message]) -> None:
         if not batch:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.write_in(conn, batch)
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await self.write_in(conn, batch)
+            except BaseException:
+                # A rollback also undoes a scratch table created in this transaction.
+                self._scratch_ready.discard(conn.get_server_pid())
+                raise
 
     async def write_in(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
         ids = await conn.fetchval(Q_RAW_IDS, len(batch))

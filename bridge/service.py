@@ -4,6 +4,8 @@
 
 A failed commit is retried with capped full-jitter backoff while nothing is acked; the
 session buffer fills, the network thread stops reading, and the broker holds the rest.
+A batch the database refuses for its data (not an outage) is split into single messages so
+that one poison message is kept as raw + ``store_refused`` instead of blocking the stream.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import asyncpg
 
+from bridge.codes import Code
 from bridge.decode import Decoder, Limits, Message
 from bridge.ledger import Ledger, load_record_types
 from bridge.metrics import IngestMetrics
@@ -27,6 +31,15 @@ from picofleet.settings import Settings
 from picofleet.topics import Topics
 
 _RECORD_TYPE_REFRESH_S = 30.0
+# SQLSTATE classes of an unavailable database (connection, rollback, resources, operator
+# intervention, system, internal): retry the batch. Any other class is about the data.
+_TRANSIENT_SQLSTATE = frozenset({"08", "40", "53", "57", "58", "XX"})
+
+Build = Callable[[], Message]
+
+
+def is_transient(exc: asyncpg.PostgresError) -> bool:
+    return (exc.sqlstate or "XX")[:2] in _TRANSIENT_SQLSTATE
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -58,6 +71,7 @@ class Ingest:
         )
         self.metrics = IngestMetrics()
         self.db_ok = False
+        self._log = logs.get("ingest")
         self._types_loaded_at = 0.0
 
     async def refresh_record_types(self, force: bool = False) -> None:
@@ -82,6 +96,39 @@ class Ingest:
             for e in msg.errors:
                 m.rejected[e.code.value] += 1
 
+    async def store(self, builds: Sequence[Build]) -> list[Message]:
+        """Decode and commit as one batch; returns the committed messages.
+
+        Messages are decoded afresh for every attempt because the ledger annotates them
+        (raw ids, replayed nonces, blocked devices). A transient database error propagates
+        for the caller to retry; a refusal of the data itself isolates the culprit.
+        """
+        batch = [build() for build in builds]
+        try:
+            await self.commit(batch)
+            return batch
+        except asyncpg.PostgresError as exc:
+            if is_transient(exc):
+                raise
+            self._log.error(
+                "ingest.batch_refused", sqlstate=exc.sqlstate, error=str(exc)[:200], n=len(batch)
+            )
+        out = []
+        for build in builds:
+            msg = build()
+            try:
+                await self.commit([msg])
+            except asyncpg.PostgresError as exc:
+                if is_transient(exc):
+                    raise
+                msg = build()
+                msg.body, msg.facts, msg.startup, msg.status = None, [], None, None
+                msg.errors.clear()
+                msg.reject(Code.STORE_REFUSED, f"database refused the data ({exc.sqlstate})")
+                await self.commit([msg])
+            out.append(msg)
+        return out
+
 
 class Bridge:
     def __init__(self, *, ingest: Ingest, session: Source) -> None:
@@ -98,9 +145,9 @@ class Bridge:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _decode(self, items: Sequence[Inbound]) -> list[Message]:
+    def _builds(self, items: Sequence[Inbound]) -> list[Build]:
         dec = self.ingest.decoder
-        return [dec.decode(i.topic, i.payload, received_at=i.received_at) for i in items]
+        return [partial(dec.decode, i.topic, i.payload, received_at=i.received_at) for i in items]
 
     async def run(self) -> None:
         """Drain until stop(); the last batch is committed and acked before returning."""
@@ -126,8 +173,7 @@ class Bridge:
         while True:
             try:
                 await self.ingest.refresh_record_types(force=attempt > 0)
-                batch = self._decode(items)  # fresh per attempt: the ledger annotates messages
-                await self.ingest.commit(batch)
+                batch = await self.ingest.store(self._builds(items))
                 break
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
                 self.ingest.db_ok = False

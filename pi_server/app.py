@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,9 @@ from pydantic import BaseModel
 import picofleet
 from bridge.decode import parse_json
 from bridge.ledger import outcome
-from bridge.service import Bridge, Ingest
+from bridge.service import Bridge, Build, Ingest
+from pi_server.release.info import build_info
+from pi_server.security.limits import BodySizeLimit, body_limit
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
 
@@ -38,10 +41,13 @@ class IngestResult(BaseModel):
 def create_app(hub: HubContext) -> FastAPI:
     app = FastAPI(title="picofleet hub", version=picofleet.__version__)
     app.state.hub = hub
+    # The outer bound on any request body, before a route buffers it; routes check finer ones.
+    app.add_middleware(BodySizeLimit, max_bytes=body_limit(hub.settings))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
-        return {"status": "ok", "version": picofleet.__version__}
+        info = build_info()
+        return {"status": "ok", "version": info.version, "commit": info.commit}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -70,14 +76,16 @@ def create_app(hub: HubContext) -> FastAPI:
                 body, _ = parse_json(raw)
             except ValueError:
                 body = None
+        dec = ing.decoder
+        builds: list[Build]
         if isinstance(body, list) and 0 < len(body) <= hub.settings.max_items_per_message:
-            msgs = [
-                ing.decoder.decode_value(topic, item, received_at=now, source="http")
+            builds = [
+                partial(dec.decode_value, topic, item, received_at=now, source="http")
                 for item in body
             ]
         else:
-            msgs = [ing.decoder.decode(topic, raw, received_at=now, source="http")]
-        await ing.commit(msgs)
+            builds = [partial(dec.decode, topic, raw, received_at=now, source="http")]
+        msgs = await ing.store(builds)
         results = [
             IngestResult(
                 raw_id=m.raw_id,

@@ -16,6 +16,8 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from pi_server.security.redact import redact_payload
+
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 # A device is online when its last status was not "offline" and it spoke recently: the
@@ -184,7 +186,8 @@ async def telemetry(
 
 def _error(row: asyncpg.Record) -> dict[str, Any]:
     d = dict(row)
-    text = bytes(d.pop("payload")).decode("utf-8", "replace")
+    # Refused startups are kept byte for byte; their tokens must not be shown to anyone.
+    text = redact_payload(bytes(d.pop("payload")).decode("utf-8", "replace"))
     d["payload_truncated"] = len(text) > PAYLOAD_PREVIEW or d["payload_size"] > len(text)
     d["payload"] = text[:PAYLOAD_PREVIEW]
     return d

@@ -282,17 +282,9 @@ async def write_and_check(pool: asyncpg.Pool, batch: list[Message]) -> None:
             assert m.raw_id in facts
 
 
-LEDGER_STATUS_BUG = (
-    "bridge/ledger.py Q_STATUS reads u.status, a column that does not exist (s.status): every "
-    "batch holding a device status message fails and is retried forever"
-)
-# Status messages go through their own test below until the ledger fix lands.
-DB_TOPICS = [t for t in TOPICS if t != T.device(DEV, Kind.STATUS)]
-
-
 @DB
 @given(
-    raws=st.lists(st.tuples(st.sampled_from(DB_TOPICS), payloads), min_size=1, max_size=8),
+    raws=st.lists(st.tuples(st.sampled_from(TOPICS), payloads), min_size=1, max_size=8),
     source=st.sampled_from(["mqtt", "http", "usb"]),
 )
 async def test_every_batch_commits(
@@ -353,7 +345,6 @@ async def test_100k_items_through_the_ledger(pool: asyncpg.Pool, limits: Limits)
         assert n == 0 and msg.errors[0].code in (Code.TOO_MANY_ITEMS, Code.PAYLOAD_TOO_LARGE)
 
 
-@pytest.mark.xfail(reason=LEDGER_STATUS_BUG, strict=True)
 @DB
 @given(body=hostile.statuses.map(hostile.encode))
 async def test_device_status_messages_commit(pool: asyncpg.Pool, body: bytes) -> None:

@@ -317,11 +317,6 @@ async def _raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, by
     return status, data
 
 
-@pytest.mark.xfail(
-    reason="pi_server/app.py create_app does not install BodySizeLimit yet (one line, see "
-    "SECURITY.md); /ingest reads any body whole into memory",
-    strict=True,
-)
 async def test_hub_refuses_oversized_bodies(hub: RunningHub) -> None:
     port = hub.settings.http_port
     limit = body_limit(hub.settings)
