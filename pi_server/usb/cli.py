@@ -177,7 +177,7 @@ def flash_cmd(
         typer.Option("--release", help="OTA release of --app (pico_w by default): its main.py."),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="JSON board options (see README).")
+        Path | None, typer.Option("--config", help="JSON board options (see docs/usb.md).")
     ] = None,
     wifi_ssid: Annotated[str | None, typer.Option("--wifi-ssid")] = None,
     wifi_password: Annotated[
