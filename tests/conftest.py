@@ -162,28 +162,46 @@ class RunningHub:
         await asyncio.wait_for(self.task, 20)
 
 
-@pytest.fixture
-async def hub(settings: Settings, keys: FleetKeys) -> AsyncIterator[RunningHub]:
-    """The whole hub (amqtt, bridge, HTTP) in this loop, on the test's own database."""
+@contextlib.asynccontextmanager
+async def running_hub(
+    settings: Settings,
+    keys: FleetKeys | None = None,
+    *,
+    roles: frozenset[str] = frozenset({"bridge", "http"}),
+    embedded_broker: bool = True,
+    stop_timeout: float = 20,
+) -> AsyncIterator[RunningHub]:
+    """The hub's roles in this loop, on ``settings``; stopped (cleanly) on exit."""
     from picofleet.hub import run_hub
 
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         run_hub(
             settings,
-            roles={"bridge", "http"},
+            roles=set(roles),
             stop=stop,
-            embedded_broker=True,
+            embedded_broker=embedded_broker,
             ready=ready,
             handle_signals=False,
         )
     )
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
     if task.done():
         task.result()
     assert ready.is_set(), "hub did not become ready"
-    running = RunningHub(settings, task, stop, keys)
-    yield running
-    if not task.done():
-        await running.stop()
+    running = RunningHub(settings, task, stop, keys or FleetKeys(SECRET.encode()))
+    try:
+        yield running
+    finally:
+        if not task.done():
+            stop.set()
+            await asyncio.wait_for(task, stop_timeout)
+
+
+@pytest.fixture
+async def hub(settings: Settings, keys: FleetKeys) -> AsyncIterator[RunningHub]:
+    """The whole hub (amqtt, bridge, HTTP) in this loop, on the test's own database."""
+    async with running_hub(settings, keys) as running:
+        yield running

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import asyncpg
 
 from picofleet.credentials import FleetKeys
-from picofleet.hub import run_hub
 from picofleet.settings import Settings
 from picofleet.sim.mqttlite import Publisher
 from picofleet.topics import Kind, Topics
+from tests.conftest import running_hub
 from tests.helpers import SECRET, wait_for
 
 DEVICES = [f"DLV-{i:02d}" for i in range(10)]
@@ -100,26 +100,10 @@ async def in_process_bridge(
     embedded: bool = False,
     roles: frozenset[str] = frozenset({"bridge", "http"}),
 ) -> AsyncIterator[asyncio.Task[None]]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        run_hub(
-            settings,
-            roles=set(roles),
-            stop=stop,
-            embedded_broker=embedded,
-            ready=ready,
-            handle_signals=False,
-        )
-    )
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with running_hub(
+        settings, roles=roles, embedded_broker=embedded, stop_timeout=30
+    ) as running:
+        yield running.task
 
 
 def bridge_process(

@@ -8,7 +8,6 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -16,10 +15,9 @@ import asyncpg
 import pytest
 
 from picofleet.credentials import FleetKeys
-from picofleet.hub import run_hub
 from picofleet.settings import Settings
 from picofleet.topics import Kind, Topics
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, running_hub
 from tests.helpers import Client, wait_for
 from tests.hub import scenario
 
@@ -99,28 +97,9 @@ async def test_mixed_stream_on_embedded_amqtt(hub: RunningHub, pool: asyncpg.Poo
     errors.close()
 
 
-@contextlib.asynccontextmanager
-async def bridge_role(settings: Settings) -> AsyncIterator[None]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        run_hub(
-            settings,
-            roles={"bridge", "http"},
-            stop=stop,
-            embedded_broker=False,
-            ready=ready,
-            handle_signals=False,
-        )
-    )
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+def bridge_role(settings: Settings) -> contextlib.AbstractAsyncContextManager[RunningHub]:
+    """The bridge and HTTP roles against an external broker (``settings.mqtt_url``)."""
+    return running_hub(settings, embedded_broker=False)
 
 
 async def test_serve_bridge_against_mosquitto(
@@ -208,19 +187,7 @@ async def test_up_with_managed_mosquitto_learns_new_devices(
 
     need(mosquitto_available(), "mosquitto")
     s = settings.model_copy(update={"broker": "mosquitto"})
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        run_hub(
-            s,
-            roles={"bridge", "http"},
-            stop=stop,
-            embedded_broker=True,
-            ready=ready,
-            handle_signals=False,
-        )
-    )
-    await asyncio.wait_for(ready.wait(), 30)
-    try:
+    async with running_hub(s, keys, stop_timeout=30):
         conf = (s.data_path / "mosquitto" / "mosquitto.conf").read_text()
         assert "persistence true" in conf and "max_queued_messages 0" in conf
         newcomer = Client(s.mqtt_port, "AI-NEW01", keys.device_password("AI-NEW01"))
@@ -246,9 +213,6 @@ async def test_up_with_managed_mosquitto_learns_new_devices(
             return bool(await pool.fetchval("SELECT count(*) FROM processed_record"))
 
         await wait_for(stored)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def topics_of(s: Settings) -> Topics:

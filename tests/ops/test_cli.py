@@ -20,9 +20,10 @@ from picofleet.credentials import FleetKeys
 from picofleet.pgembed import EmbeddedPostgres
 from picofleet.settings import Settings
 from picofleet.topics import Kind
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, running_hub
+from tests.faults import TcpProxy
 from tests.helpers import SECRET, Client, free_port
-from tests.ops.conftest import TcpProxy, running_hub, via
+from tests.ops.conftest import via
 
 PICOFLEET = str(Path(sys.executable).with_name("picofleet"))
 OTHER_SECRET = "another-fleet-secret-0123456789abcdef"
@@ -199,12 +200,12 @@ async def test_smoke_names_a_stopped_database(
         update={"database_url": via(settings.database_url, db_proxy.port)}
     )
     async with running_hub(proxied, keys) as hub:
-        await db_proxy.down()
+        await db_proxy.cut()
         try:
             args = ("smoke", "--http", hub.http, "--mqtt", f"127.0.0.1:{hub.mqtt_port}")
             run = await picofleet(*args, "--timeout", "2", env=cli_env(proxied), cwd=tmp_path)
         finally:
-            await db_proxy.up()  # lets the bridge commit what it holds, then stop
+            await db_proxy.start()  # lets the bridge commit what it holds, then stop
     assert run.code == 1, run.out
     assert run.line("health").startswith("ok"), run.out
     assert run.line("ready").startswith("FAIL") and "'database': False" in run.line("ready")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ import pytest
 from pi_server.ota.keys import Signer, init_keys
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, running_hub
 from tests.helpers import SECRET, wait_for
 from tests.ota.fleet import FakeDevice, Fleet
 
@@ -148,32 +149,9 @@ async def hub_factory(
     settings: Settings, keys: FleetKeys
 ) -> AsyncIterator[Callable[[], Awaitable[RunningHub]]]:
     """Start another hub on the same settings and database (after stopping the first)."""
-    from picofleet.hub import run_hub
+    async with contextlib.AsyncExitStack() as stack:
 
-    started: list[RunningHub] = []
+        async def start() -> RunningHub:
+            return await stack.enter_async_context(running_hub(settings, keys))
 
-    async def start() -> RunningHub:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(
-            run_hub(
-                settings,
-                roles={"bridge", "http"},
-                stop=stop,
-                embedded_broker=True,
-                ready=ready,
-                handle_signals=False,
-            )
-        )
-        waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        assert ready.is_set(), "hub did not become ready"
-        running = RunningHub(settings, task, stop, keys)
-        started.append(running)
-        return running
-
-    yield start
-    for h in started:
-        if not h.task.done():
-            await h.stop()
+        yield start
