@@ -1,15 +1,37 @@
-"""The embedded amqtt broker: zero-install default of ``picofleet up``."""
+"""The embedded amqtt broker: zero-install default of ``picofleet up``.
+
+``FleetBroker`` closes holes in amqtt 0.12.1 (amqtt/broker.py) without patching it:
+
+* ``_initialize_client_session`` (l. 508-530) deletes the session of a clean-session CONNECT's
+  client id, or rewrites the persistent one's credentials, and ``_handle_client_session``
+  (l. 565-580) takes over a connected one, all before ``_authenticate`` (l. 559) has judged
+  the newcomer. We read the CONNECT first, authenticate it and check its client id, refuse
+  with a CONNACK before amqtt looks the id up, and replay the same bytes to amqtt otherwise.
+* on every connect (l. 601-602) amqtt replays the retained messages matching *every*
+  client's filters to the newcomer, and ``_publish_retained_messages_for_subscription``
+  (l. 1134-1154) sends retained messages without the RECEIVE check that live broadcasts get
+  (l. 1025). Ours replays only the client's own filters and asks the policy per message.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from types import TracebackType
 from typing import Any, Self
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.connect import ConnectPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
 
 from broker import amqtt_plugin
 from broker.policy import Policy
+from picofleet import logs
 
 LISTENER = "default"
 
@@ -34,6 +56,130 @@ def amqtt_config(
     }
 
 
+class _Recorder(ReaderAdapter):
+    """Reads through to the connection and keeps what it read, to be replayed to amqtt."""
+
+    def __init__(self, inner: ReaderAdapter) -> None:
+        self.inner = inner
+        self.data = bytearray()
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self.inner.read(n)
+        self.data += data
+        return data
+
+    def feed_eof(self) -> None:
+        self.inner.feed_eof()
+
+
+class _Replay(ReaderAdapter):
+    """Serves the recorded bytes first, then the connection."""
+
+    def __init__(self, data: bytes, inner: ReaderAdapter) -> None:
+        self.data = data
+        self.inner = inner
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self.data:
+            return await self.inner.read(n)
+        if n < 0:
+            head, self.data = self.data, b""
+            return head + await self.inner.read(n)
+        head, self.data = self.data[:n], self.data[n:]
+        if len(head) < n:
+            head += await self.inner.read(n - len(head))
+        return head
+
+    def feed_eof(self) -> None:
+        self.inner.feed_eof()
+
+
+class FleetBroker(Broker):
+    """amqtt's broker that authenticates before touching sessions and filters retained replay."""
+
+    def __init__(self, config: dict[str, Any], *, policy: Policy) -> None:
+        super().__init__(config)
+        self.policy = policy
+        self._log = logs.get("broker.embedded")
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        # amqtt's own parser on the same bytes, so we judge exactly the CONNECT amqtt will see.
+        recorder = _Recorder(reader)
+        try:
+            connect = await ConnectPacket.from_stream(recorder)
+            username, client_id = connect.username, connect.client_id
+        except (AMQTTError, MQTTError, NoDataError):
+            await writer.close()
+            raise
+        except Exception as exc:  # undecodable strings, missing headers: not a CONNECT
+            await writer.close()
+            raise MQTTError(f"unreadable CONNECT: {exc!r}") from exc
+        refusal = await self._refusal(username, connect.password, client_id)
+        if refusal is not None:
+            self._log.info(
+                "broker.connect_refused",
+                username=username,
+                client_id=client_id,
+                rc=refusal,
+                peer=f"{remote_address}:{remote_port}",
+            )
+            await ConnackPacket.build(0, refusal).to_stream(writer)
+            await writer.close()
+            raise MQTTError(f"CONNECT refused with return code {refusal}")
+        replay = _Replay(bytes(recorder.data), reader)
+        return await super()._initialize_client_session(replay, writer, remote_address, remote_port)
+
+    async def _refusal(
+        self, username: str | None, password: str | None, client_id: str | None
+    ) -> int | None:
+        """The CONNACK return code that refuses this CONNECT, or None to let it in."""
+        probe = Session()
+        probe.client_id, probe.username, probe.password = client_id, username, password
+        # The configured auth plugins, so this agrees with amqtt's own (later) check.
+        if not username or not await self._authenticate(probe, self.listeners_config[LISTENER]):
+            return NOT_AUTHORIZED
+        if not client_id or not self.policy.may_use_client_id(username, client_id):
+            return IDENTIFIER_REJECTED
+        held, _ = self._sessions.get(client_id, (None, None))
+        # A live or persistent session belongs to the user that opened it: another user
+        # could otherwise kick it off, or resume it and collect the messages queued for it.
+        if (
+            held is not None
+            and held.username != username
+            and (held.transitions.is_connected() or not held.clean_session)
+        ):
+            return IDENTIFIER_REJECTED
+        return None
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter = subscription[0]
+        mine = (
+            q
+            for s, q in self._subscriptions.get(topic_filter, ())
+            if s.client_id == session.client_id
+        )
+        granted = next(mine, None)
+        handler = self._get_handler(session)
+        if granted is None or handler is None:
+            return  # not this client's filter: amqtt offers every client's on connect
+        sends = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+                continue
+            qos = granted if retained.qos is None else min(granted, retained.qos)
+            sends.append(
+                asyncio.ensure_future(handler.mqtt_publish(topic, retained.data, qos, retain=True))
+            )
+        if sends:
+            await asyncio.wait(sends)
+
+
 class EmbeddedBroker:
     """Async context manager: the broker listens on entry and shuts down on exit."""
 
@@ -42,10 +188,10 @@ class EmbeddedBroker:
         self.bind = bind
         self.port = port
         self._name = f"policy-{uuid.uuid4().hex[:8]}"
-        self._broker: Broker | None = None
+        self._broker: FleetBroker | None = None
 
     @property
-    def broker(self) -> Broker:
+    def broker(self) -> FleetBroker:
         assert self._broker is not None, "broker not started"
         return self._broker
 
@@ -53,7 +199,10 @@ class EmbeddedBroker:
         if self._broker is not None:
             raise RuntimeError("EmbeddedBroker is already running")
         amqtt_plugin.register(self._name, self.policy)
-        self._broker = Broker(amqtt_config(bind=self.bind, port=self.port, policy_name=self._name))
+        self._broker = FleetBroker(
+            amqtt_config(bind=self.bind, port=self.port, policy_name=self._name),
+            policy=self.policy,
+        )
         await self._broker.start()
         return self
 

@@ -5,6 +5,9 @@ hub       anything                                  anything
 operator  devices/+/cmd                             anything
 device    devices/{key}/{telemetry,startup,status,  devices/{key}/cmd, devices/{key}/ota,
           ota/status}; ingest if key is numeric     ota/#
+
+Client ids starting with the bridge's id belong to the hub; on amqtt, broker/embedded.py also
+binds every live or persistent session to the username that opened it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.settings import Settings
 from picofleet.topics import INBOUND_KINDS, Kind, Topics, valid_device_key
+
+# The default bridge client id; every client id that starts with it is the hub's.
+_BRIDGE_CLIENT_ID: str = Settings.model_fields["bridge_client_id"].default
 
 
 class Role(StrEnum):
@@ -28,6 +35,9 @@ class Policy:
     topics: Topics
     keys: FleetKeys
     blocked: set[str] = field(default_factory=set)
+    # Client-id prefixes only the hub may use: a device or operator holding one would take
+    # over (or squat) the bridge's persistent session.
+    hub_client_ids: tuple[str, ...] = (_BRIDGE_CLIENT_ID,)
 
     @staticmethod
     def role(username: str) -> Role:
@@ -45,6 +55,11 @@ class Policy:
         ):
             return False
         return self.keys.check_password(username, password)
+
+    def may_use_client_id(self, username: str, client_id: str) -> bool:
+        if self.role(username) is Role.HUB:
+            return True
+        return not client_id.startswith(self.hub_client_ids)
 
     def may_publish(self, username: str, topic: str) -> bool:
         role = self.role(username)

@@ -27,11 +27,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.broker import Broker
 
 from bridge.mqtt import Inbound
 from broker import amqtt_plugin
-from broker.embedded import LISTENER, amqtt_config
+from broker.embedded import LISTENER, FleetBroker, amqtt_config
 from broker.policy import Policy
 from picofleet import logs
 from picofleet.topics import INBOUND_KINDS, Kind
@@ -203,7 +202,7 @@ class Tap:
         self._conns: dict[int, Connection] = {}
         self._space = asyncio.Condition()
         self._wakeup = asyncio.Event()
-        self._broker: Broker | None = None
+        self._broker: FleetBroker | None = None
         self._server: asyncio.Server | None = None
         self._name = f"tap-{id(self):x}"
         self._log = logs.get("broker.tap")
@@ -249,9 +248,10 @@ class Tap:
         if broker is None:
             return
         if retain:
+            # An empty payload clears the retained message and still goes to live
+            # subscribers (MQTT 3.3.1.3): a connected device learns of an unpin or withdraw.
             await broker.retain_message(None, topic, payload, qos)
-        if payload or not retain:
-            await broker.internal_message_broadcast(topic, payload, qos)
+        await broker.internal_message_broadcast(topic, payload, qos)
 
     # -- tapping ------------------------------------------------------------------------------
     async def on_packet(self, conn: Connection, ptype: int, flags: int, body: bytes) -> None:
@@ -303,7 +303,9 @@ class Tap:
         if self._broker is not None:
             raise RuntimeError("Tap is already running")
         amqtt_plugin.register(self._name, self.policy)
-        self._broker = Broker(amqtt_config(external=True, policy_name=self._name))
+        self._broker = FleetBroker(
+            amqtt_config(external=True, policy_name=self._name), policy=self.policy
+        )
         await self._broker.start()
         self._server = await asyncio.start_server(self._on_connection, self.bind, self.port)
         self._log.info("tap.listening", bind=self.bind, port=self.port)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
 from pi_server.ota.keys import Signer
 from pi_server.ota.model import HALTED_CODE
@@ -412,11 +411,6 @@ async def test_rollback_and_pin(
     assert hub_states.index("unpinned") > hub_states.index("pinned")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker/tap.py does not deliver an empty retained payload to live subscribers "
-    "(MQTT 3.3.1.3 says it must), so a connected device misses unpin/withdraw",
-)
 async def test_live_device_sees_the_unpin(
     hub: RunningHub, fleet: Fleet, api: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:

@@ -1,4 +1,5 @@
-"""The broker policy as a table, run with real clients on amqtt and on Mosquitto.
+"""The broker policy as a table, run with real clients on amqtt (bare and behind the Tap) and
+on Mosquitto.
 
 Every cell names who acts, what they try, and what must happen. Publish cells are observed
 by a hub-credential watcher subscribed to ``#`` (a refused publish never arrives); subscribe
@@ -22,8 +23,9 @@ import pytest
 
 from broker.embedded import EmbeddedBroker
 from broker.policy import Policy
+from broker.tap import Tap
 from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.security.peers import Peer
 
 P = "picofleet"
@@ -34,17 +36,11 @@ ANON = "<anonymous>"
 BOTH = ("amqtt", "mosquitto")
 
 # Known gaps: the cell states the required outcome; these brokers do not meet it yet.
-AMQTT_PREAUTH_TAKEOVER = (
-    "amqtt 0.12.1 deletes or takes over the session of an existing client id before it "
-    "authenticates the new connection (fix: broker/embedded.py, see SECURITY.md findings)"
-)
-AMQTT_RETAINED_REPLAY = (
-    "amqtt 0.12.1 replays retained messages matching *every* client's subscriptions to a "
-    "connecting client without the receive check (fix: broker/embedded.py)"
-)
-MQTT_TAKEOVER = (
-    "MQTT lets an authenticated client take over any client id; mitigated by an unguessable "
-    "bridge client id (amqtt: fixable in the auth plugin, Mosquitto: needs a plugin)"
+MOSQUITTO_TAKEOVER = (
+    "Mosquitto 2.0 lets any authenticated client use or take over any client id; no option "
+    "binds an id to a user short of use_username_as_clientid, which would force every hub, "
+    "operator and ops connection onto one id per user (needs an auth plugin); mitigated by an "
+    "unguessable bridge client id"
 )
 
 
@@ -59,6 +55,8 @@ class Cell:
     password: str = "right"  # right | wrong | other (B's) | hub (the hub's)
     retain: bool = False
     granted: bool | None = None  # subscribe: amqtt's SUBACK, when it differs from `allowed`
+    bridge_id: str = "picofleet-bridge"  # takeover: the bridge's client id (a random suffix added)
+    client_id: str = ""  # connect: the client id the actor asks for
     gaps: dict[str, str] = field(default_factory=dict)
 
     def expected(self, broker: str) -> bool:
@@ -96,6 +94,24 @@ MATRIX: list[Cell] = [
     Cell("hub right password", "connect", HUB_USER, True),
     Cell("operator with the hub's password", "connect", OPERATOR_USER, False, password="hub"),
     Cell("operator right password", "connect", OPERATOR_USER, True),
+    # Client ids starting with the bridge's belong to the hub, even while the bridge is away.
+    Cell("hub takes the bridge client id", "connect", HUB_USER, True, client_id="picofleet-bridge"),
+    Cell(
+        "device squats the bridge client id",
+        "connect",
+        A,
+        False,
+        client_id="picofleet-bridge",
+        gaps={"mosquitto": MOSQUITTO_TAKEOVER},
+    ),
+    Cell(
+        "operator squats the bridge client id",
+        "connect",
+        OPERATOR_USER,
+        False,
+        client_id="picofleet-bridge-2",
+        gaps={"mosquitto": MOSQUITTO_TAKEOVER},
+    ),
     # -- device publishes: only its own inbound topics ----------------------------------------
     pub(A, "{p}/devices/{A}/telemetry", True),
     pub(A, "{p}/devices/{A}/startup", True),
@@ -175,7 +191,6 @@ MATRIX: list[Cell] = [
         False,
         retain=True,
         granted=True,
-        gaps={"amqtt": AMQTT_RETAINED_REPLAY},
     ),
     # -- operator and hub read everything -----------------------------------------------------
     sub(OPERATOR_USER, "#", "{p}/devices/{A}/telemetry", True),
@@ -184,27 +199,33 @@ MATRIX: list[Cell] = [
     sub(HUB_USER, "#", "{p}/devices/{A}/ota/status", True),
     sub(HUB_USER, "#", "{p}/devices/{B}/ota", True, retain=True),
     # -- nobody may kick the bridge off by reusing its client id ------------------------------
+    Cell("anonymous reuses the bridge client id", "takeover", ANON, False),
     Cell(
-        "anonymous reuses the bridge client id",
-        "takeover",
-        ANON,
-        False,
-        gaps={"amqtt": AMQTT_PREAUTH_TAKEOVER},
-    ),
-    Cell(
-        "wrong password reuses the bridge client id",
-        "takeover",
-        HUB_USER,
-        False,
-        password="wrong",
-        gaps={"amqtt": AMQTT_PREAUTH_TAKEOVER},
+        "wrong password reuses the bridge client id", "takeover", HUB_USER, False, password="wrong"
     ),
     Cell(
         "device reuses the bridge client id",
         "takeover",
         A,
         False,
-        gaps={"amqtt": MQTT_TAKEOVER, "mosquitto": MQTT_TAKEOVER},
+        gaps={"mosquitto": MOSQUITTO_TAKEOVER},
+    ),
+    # An id outside the hub's reserved prefix is still bound to the user whose session holds it.
+    Cell(
+        "device reuses a custom bridge client id",
+        "takeover",
+        A,
+        False,
+        bridge_id="bridge",
+        gaps={"mosquitto": MOSQUITTO_TAKEOVER},
+    ),
+    Cell(
+        "operator reuses a custom bridge client id",
+        "takeover",
+        OPERATOR_USER,
+        False,
+        bridge_id="bridge",
+        gaps={"mosquitto": MOSQUITTO_TAKEOVER},
     ),
 ]
 
@@ -253,7 +274,7 @@ async def run_cell(cell: Cell, broker: str, port: int, keys: FleetKeys) -> None:
     peers = [hub]
     try:
         if cell.action == "connect":
-            p = actor(port, keys, cell)
+            p = actor(port, keys, cell, client_id=cell.client_id)
             peers.append(p)
             assert await p.connect() is expected
         elif cell.action == "publish":
@@ -294,7 +315,7 @@ async def run_cell(cell: Cell, broker: str, port: int, keys: FleetKeys) -> None:
             await arrived(p, sentinel, b"sentinel")
             assert (b"probe" in p.got(cell.probe)) is expected
         elif cell.action == "takeover":
-            bridge_id = f"picofleet-bridge-{uuid.uuid4().hex[:6]}"
+            bridge_id = f"{cell.bridge_id}-{uuid.uuid4().hex[:6]}"
             bridge = Peer(
                 port,
                 HUB_USER,
@@ -326,13 +347,7 @@ async def run_cell(cell: Cell, broker: str, port: int, keys: FleetKeys) -> None:
 
 
 def gap(cell: Cell, broker: str) -> str | None:
-    if broker in cell.gaps:
-        return cell.gaps[broker]
-    # amqtt's connect-time replay hands every retained message to a connecting client once
-    # anyone (here the watcher, in production the bridge or an operator) has a wildcard on it.
-    if broker == "amqtt" and cell.action == "subscribe" and cell.retain and not cell.allowed:
-        return AMQTT_RETAINED_REPLAY
-    return None
+    return cell.gaps.get(broker)
 
 
 def params(broker: str) -> list[Any]:
@@ -356,6 +371,25 @@ async def test_amqtt(
 ) -> None:
     policy.blocked.add(BLOCKED)
     await run_cell(cell, "amqtt", amqtt_broker.port, keys)
+
+
+@pytest.mark.parametrize("cell", params("amqtt"))
+async def test_tap(cell: Cell, policy: Policy, keys: FleetKeys) -> None:
+    """The same amqtt column through the Tap, the embedded broker ``picofleet up`` runs."""
+    policy.blocked.add(BLOCKED)
+
+    async def bridge(tap: Tap) -> None:  # commits at once, so held PUBACKs are released
+        while True:
+            tap.ack(await tap.take(100, 0))
+
+    async with Tap(policy=policy, bind="127.0.0.1", port=free_port()) as tap:
+        task = asyncio.create_task(bridge(tap))
+        try:
+            await run_cell(cell, "amqtt", tap.port, keys)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @pytest.mark.parametrize("cell", params("mosquitto"))
