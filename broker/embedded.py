@@ -97,6 +97,10 @@ class _Replay(ReaderAdapter):
 class FleetBroker(Broker):
     """amqtt's broker that authenticates before touching sessions and filters retained replay."""
 
+    # A connection that opens a socket and never sends its CONNECT would hold it forever
+    # (amqtt has no such limit); this is how long it gets.
+    connect_timeout_s: float = 10.0
+
     def __init__(self, config: dict[str, Any], *, policy: Policy) -> None:
         super().__init__(config)
         self.policy = policy
@@ -108,8 +112,13 @@ class FleetBroker(Broker):
         # amqtt's own parser on the same bytes, so we judge exactly the CONNECT amqtt will see.
         recorder = _Recorder(reader)
         try:
-            connect = await ConnectPacket.from_stream(recorder)
+            connect = await asyncio.wait_for(
+                ConnectPacket.from_stream(recorder), self.connect_timeout_s
+            )
             username, client_id = connect.username, connect.client_id
+        except TimeoutError as exc:
+            await writer.close()
+            raise MQTTError("no CONNECT within the time limit") from exc
         except (AMQTTError, MQTTError, NoDataError):
             await writer.close()
             raise

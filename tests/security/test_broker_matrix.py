@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from broker.embedded import EmbeddedBroker
+from broker.embedded import EmbeddedBroker, FleetBroker
 from broker.policy import Policy
 from broker.tap import Tap
 from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
-from tests.helpers import free_port, wait_for
+from tests.conftest import RunningHub
+from tests.helpers import Client, free_port, wait_for
 from tests.security.peers import Peer
 
 P = "picofleet"
@@ -401,3 +402,19 @@ async def test_mosquitto(
     passwd = (mosq.conf.parent / "passwd").read_text()
     assert f"\n{BLOCKED}:" not in f"\n{passwd}", "a blocked device must not be in the password file"
     await run_cell(cell, "mosquitto", mosq.port, keys)
+
+
+async def test_a_connection_that_never_sends_connect_is_closed(
+    hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket held open without a CONNECT (slowloris) is dropped; a real client still gets in."""
+    monkeypatch.setattr(FleetBroker, "connect_timeout_s", 0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.mqtt_port)
+    try:
+        closed = await asyncio.wait_for(reader.read(1), timeout=10)
+    finally:
+        writer.close()
+    assert closed == b"", "the broker kept a silent connection open"
+    dev = Client(hub.mqtt_port, "AI-SLOW01", hub.keys.device_password("AI-SLOW01"))
+    assert await asyncio.to_thread(dev.connect)
+    await asyncio.to_thread(dev.close)
