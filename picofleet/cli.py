@@ -122,6 +122,20 @@ def db_url(data_dir: DataDir = None) -> None:
     typer.echo(embedded_url(settings_for(data_dir)))
 
 
+@db_app.command("stop")
+def db_stop(data_dir: DataDir = None) -> None:
+    """Stop the embedded cluster that one-shot commands (db url, db migrate) leave running."""
+    from picofleet.pgembed import EmbeddedPostgres
+
+    settings = settings_for(data_dir)
+    if settings.database_url:
+        raise CommandError("PICOFLEET_DATABASE_URL is set: that database is not ours to stop")
+    pg = EmbeddedPostgres(settings.data_path)
+    was_running = pg.running()
+    pg.stop()
+    typer.echo("stopped" if was_running else "not running")
+
+
 @creds_app.command("device")
 def creds_device(
     key: Annotated[str, typer.Argument(help="device key (serial or legacy numeric id)")],

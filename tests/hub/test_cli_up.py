@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from picofleet.pgembed import EmbeddedPostgres
 from tests.conftest import need
 from tests.helpers import free_port
 
@@ -49,11 +51,12 @@ def postgres_pids(data_dir: Path) -> list[int]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
+def data_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "hubdata"
     d.mkdir()
     os.chmod(tmp_path, 0o755)
-    return d
+    yield d
+    run_cli("db", "stop", data_dir=d)  # one-shot commands leave the cluster up on purpose
 
 
 def test_up_end_to_end(data_dir: Path) -> None:
@@ -166,3 +169,6 @@ def test_creds_and_migrate(data_dir: Path) -> None:
     assert "applied 3 migration" in out or "applied" in out
     again = run_cli("db", "migrate", data_dir=data_dir)
     assert again.startswith("applied 0 migration")
+    assert run_cli("db", "stop", data_dir=data_dir).strip() == "stopped"
+    assert not EmbeddedPostgres(data_dir).running()
+    assert run_cli("db", "stop", data_dir=data_dir).strip() == "not running"
