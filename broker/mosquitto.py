@@ -4,6 +4,13 @@ Mosquitto stores no derived passwords, so the password file lists the hub, the o
 every known device (PBKDF2-SHA512, Mosquitto's ``$7$`` format); regenerate it and send SIGHUP
 when devices are added. Persistence and queue limits are set so the hub's persistent session
 never loses a message silently.
+
+During the grace period of a fleet-secret rotation Mosquitto still holds one password per
+user (a second line for a user replaces the first), so each device is listed with the
+password it holds: the previous secret's, unless it is ``renewed`` (re-provisioned with the
+current secret's credentials, or first seen after the rotation). The hub and operator are
+always listed with the current secret's passwords. When the grace ends, every device moves to
+the current secret's password on the next regeneration.
 """
 
 from __future__ import annotations
@@ -48,18 +55,29 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_config(
-    directory: Path, policy: Policy, *, device_keys: Iterable[str], bind: str, port: int
+    directory: Path,
+    policy: Policy,
+    *,
+    device_keys: Iterable[str],
+    bind: str,
+    port: int,
+    renewed: Iterable[str] = (),
 ) -> Path:
-    """Write mosquitto.conf, passwd and acl into ``directory``; returns the conf path."""
+    """Write mosquitto.conf, passwd and acl into ``directory``; returns the conf path.
+
+    ``renewed``: devices listed with the current secret's password while a rotation's grace
+    period runs (every other device keeps the previous secret's until the grace ends).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     device_keys = sorted(set(device_keys))
+    current, previous, moved = policy.keys, policy.keys.grace_keys(), set(renewed)
     users = [
-        (HUB_USER, policy.keys.role_password(HUB_USER)),
-        (OPERATOR_USER, policy.keys.role_password(OPERATOR_USER)),
+        (HUB_USER, current.role_password(HUB_USER)),
+        (OPERATOR_USER, current.role_password(OPERATOR_USER)),
     ]
     users += [
-        (k, policy.keys.device_password(k))
-        for k in sorted(set(device_keys))
+        (k, (current if previous is None or k in moved else previous).device_password(k))
+        for k in device_keys
         if k not in policy.blocked
     ]
     _write(directory / "passwd", "".join(f"{u}:{password_hash(p)}\n" for u, p in users))

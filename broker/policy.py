@@ -24,6 +24,11 @@ from picofleet.topics import INBOUND_KINDS, Kind, Topics, valid_device_key
 _BRIDGE_CLIENT_ID: str = Settings.model_fields["bridge_client_id"].default
 
 
+def hub_client_ids(settings: Settings) -> tuple[str, ...]:
+    """Client-id prefixes reserved for the hub: the default bridge id and the configured one."""
+    return tuple(dict.fromkeys((_BRIDGE_CLIENT_ID, settings.bridge_client_id)))
+
+
 class Role(StrEnum):
     HUB = "hub"
     OPERATOR = "operator"

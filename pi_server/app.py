@@ -17,7 +17,7 @@ from bridge.decode import parse_json
 from bridge.ledger import outcome
 from bridge.service import Bridge, Build, Ingest
 from pi_server.release.info import build_info
-from pi_server.security.limits import BodySizeLimit, body_limit
+from pi_server.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
 
@@ -43,6 +43,7 @@ def create_app(hub: HubContext) -> FastAPI:
     app.state.hub = hub
     # The outer bound on any request body, before a route buffers it; routes check finer ones.
     app.add_middleware(BodySizeLimit, max_bytes=body_limit(hub.settings))
+    app.add_middleware(RefuseNul)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -4,6 +4,10 @@ Every credential is an HMAC of the one fleet secret, so the broker can check any
 password without storing one per device, and rotating the secret rotates them all. After a
 rotation (``picofleet creds rotate``) the previous secret stays valid for checks until its
 grace period ends (``fleet.secret.previous``), so devices not yet re-provisioned keep working.
+The grace covers device credentials only: the hub's and operators' own credentials, and the
+HTTP operator token, change at once. A managed Mosquitto holds one password per user, so it
+lists a device with the new password only once the device is renewed (``fleet.secret.renewed``
+or first seen after the rotation); see ``broker/mosquitto.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 from picofleet.settings import Settings
 
 SECRET_FILE = "fleet.secret"
-PREVIOUS_SECRET_FILE = "fleet.secret.previous"  # {"secret": ..., "expires_at": epoch}
+PREVIOUS_SECRET_FILE = "fleet.secret.previous"  # {"secret", "expires_at", "rotated_at"}
+RENEWED_FILE = "fleet.secret.renewed"  # device keys holding the current secret's credentials
 HUB_USER = "hub"
 OPERATOR_USER = "operator"
 
@@ -50,26 +55,58 @@ def load_fleet_secret(settings: Settings, *, create: bool = True) -> bytes:
     return path.read_text().strip().encode()
 
 
-def read_previous_secret(settings: Settings) -> tuple[bytes, float] | None:
-    """The rotated-out secret and the epoch its grace period ends, if a rotation left one."""
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What ``picofleet creds rotate`` left: the old secret and its grace period (epochs)."""
+
+    previous: bytes = field(repr=False)
+    expires_at: float
+    rotated_at: float
+
+    def in_grace(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) < self.expires_at
+
+
+def read_rotation(settings: Settings) -> Rotation | None:
+    """The last rotation's record, if there is one (expired or not)."""
     if settings.provision_secret is not None:
-        return None
+        return None  # the secret comes from the environment: rotation is done there
     path = settings.data_path / PREVIOUS_SECRET_FILE
     try:
         data = json.loads(path.read_text())
-        return str(data["secret"]).encode(), float(data["expires_at"])
+        expires_at = float(data["expires_at"])
+        return Rotation(
+            str(data["secret"]).encode(),
+            expires_at,
+            float(data.get("rotated_at", expires_at)),
+        )
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a valid previous-secret file") from exc
+
+
+def read_previous_secret(settings: Settings) -> tuple[bytes, float] | None:
+    """The rotated-out secret and the epoch its grace period ends, if a rotation left one."""
+    rotation = read_rotation(settings)
+    return None if rotation is None else (rotation.previous, rotation.expires_at)
+
+
+def read_renewed(settings: Settings) -> frozenset[str]:
+    """Devices marked as holding credentials of the current secret since the last rotation."""
+    try:
+        text = (settings.data_path / RENEWED_FILE).read_text()
+    except FileNotFoundError:
+        return frozenset()
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
 def load_fleet_keys(settings: Settings, *, create: bool = True) -> FleetKeys:
     """FleetKeys of the current secret, plus the previous one while its grace period runs."""
     secret = load_fleet_secret(settings, create=create)
-    prev = read_previous_secret(settings)
-    if prev is not None and prev[1] > time.time():
-        return FleetKeys(secret, previous=prev[0], previous_until=prev[1])
+    rotation = read_rotation(settings)
+    if rotation is not None and rotation.in_grace():
+        return FleetKeys(secret, previous=rotation.previous, previous_until=rotation.expires_at)
     return FleetKeys(secret)
 
 
@@ -90,10 +127,15 @@ class FleetKeys:
     previous_until: float = 0.0
 
     def accepted(self) -> tuple[FleetKeys, ...]:
-        """The key sets whose credentials pass a check now: current first."""
+        """The key sets whose device credentials pass a check now: current first."""
+        grace = self.grace_keys()
+        return (self,) if grace is None else (self, grace)
+
+    def grace_keys(self) -> FleetKeys | None:
+        """The previous secret's keys while its grace period runs, else None."""
         if self.previous is not None and time.time() < self.previous_until:
-            return (self, FleetKeys(self.previous))
-        return (self,)
+            return FleetKeys(self.previous)
+        return None
 
     def device_password(self, key: str) -> str:
         return _mac(self.secret, f"mqtt:{key}")[:40]
@@ -122,13 +164,16 @@ class FleetKeys:
         key = bytes.fromhex(self.provision_key(serial))
         return hmac.new(key, f"{serial}|{timestamp}|{nonce}".encode(), hashlib.sha256).hexdigest()
 
-    def _password_for(self, username: str) -> str:
-        if username in (HUB_USER, OPERATOR_USER):
-            return self.role_password(username)
-        return self.device_password(username)
+    def runtime_db_password(self, role: str) -> str:
+        """Password of the hub's least-privilege database role: every hub process of one
+        fleet derives the same one, so none locks another out (pi_server/security/roles.py)."""
+        return _mac(self.secret, f"postgres:{role}")
 
     def check_password(self, username: str, password: str) -> bool:
-        return any(equal(k._password_for(username), password) for k in self.accepted())
+        if username in (HUB_USER, OPERATOR_USER):
+            # No grace for the hub's and operators' own credentials: they move at once.
+            return equal(self.role_password(username), password)
+        return any(equal(k.device_password(username), password) for k in self.accepted())
 
     def check_legacy_token(self, serial: str, token: str) -> bool:
         return any(equal(k.legacy_token(serial), token) for k in self.accepted())

@@ -116,6 +116,14 @@ async def device_access(pool: asyncpg.Pool) -> tuple[set[str], set[str]]:
     )
 
 
+async def devices_first_seen_since(pool: asyncpg.Pool, epoch: float) -> frozenset[str]:
+    """Device keys first seen at or after ``epoch`` (they never held an older secret)."""
+    rows = await pool.fetch(
+        "SELECT device_key FROM device WHERE first_seen >= to_timestamp($1)", epoch
+    )
+    return frozenset(r["device_key"] for r in rows)
+
+
 async def register_device(url: str, key: str) -> None:
     """Make a device known (so a generated Mosquitto password file lists it)."""
     conn = await asyncpg.connect(url)

@@ -24,6 +24,7 @@ AREAS = (
     "pi_server.analytics",
     "picofleet.sim",
     "pi_server.release",
+    "pi_server.security",
 )
 
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +19,21 @@ import uvicorn
 
 from bridge.mqtt import MqttSession
 from bridge.source import Source
-from broker.policy import Policy
+from broker.policy import Policy, hub_client_ids
 from picofleet import db, extensions, logs
-from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys, load_fleet_secret
+from picofleet.credentials import (
+    HUB_USER,
+    OPERATOR_USER,
+    FleetKeys,
+    load_fleet_keys,
+    read_renewed,
+    read_rotation,
+)
 from picofleet.settings import Settings, mqtt_endpoint
 from picofleet.topics import Topics
 
 DRAIN_SECONDS = 10.0
+POLICY_SYNC_S = 5.0  # how often the broker's view of devices (and a grace period) is refreshed
 
 
 @dataclass
@@ -37,7 +45,20 @@ class Endpoints:
 
 
 def fleet_keys(settings: Settings) -> FleetKeys:
-    return FleetKeys(load_fleet_secret(settings))
+    """Issue with the current secret; check device credentials against the previous one too
+    while a rotation's grace period runs."""
+    return load_fleet_keys(settings)
+
+
+async def renewed_devices(
+    settings: Settings, pool: asyncpg.Pool, keys: FleetKeys
+) -> frozenset[str]:
+    """Devices a managed Mosquitto lists with the current secret's password during a grace
+    period: those marked renewed, and those first seen after the rotation."""
+    rotation = read_rotation(settings)
+    if rotation is None or keys.grace_keys() is None:
+        return frozenset()
+    return read_renewed(settings) | await db.devices_first_seen_since(pool, rotation.rotated_at)
 
 
 def mqtt_session(settings: Settings, keys: FleetKeys, host: str, port: int) -> MqttSession:
@@ -118,17 +139,23 @@ async def sync_device_access(
     stop: asyncio.Event,
     on_change: Callable[[set[str]], Awaitable[None]] | None,
     interval: float = 5.0,
+    users_state: Callable[[], Awaitable[Hashable]] | None = None,
 ) -> None:
-    """Keep the broker's view of blocked (and, for Mosquitto, known) devices current."""
+    """Keep the broker's view of blocked (and, for Mosquitto, known) devices current.
+
+    ``users_state`` adds to what makes Mosquitto's users change: the grace period of a
+    rotation (its end, devices renewed during it).
+    """
     log = logs.get("picofleet.hub")
-    known: set[str] | None = None
+    known: tuple[set[str], Hashable] | None = None
     while not stop.is_set():
         try:
             active, policy.blocked = await db.device_access(pool)
-            if on_change is not None and known is not None and active != known:
+            state = (active, None if users_state is None else await users_state())
+            if on_change is not None and known is not None and state != known:
                 await on_change(active)
                 log.info("hub.broker_users_updated", devices=len(active))
-            known = active
+            known = state
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("hub.policy_sync_failed", error=str(exc)[:200])
         with contextlib.suppress(TimeoutError):
@@ -179,7 +206,11 @@ async def run_hub(
         applied = await db.migrate(url)
         if applied:
             log.info("hub.migrated", versions=applied)
-        pool = await db.create_pool(url, max_size=8)
+        from pi_server.security.roles import ensure_runtime_login
+
+        # Migrations ran as the owner; the long-running pool gets only row rights.
+        runtime_url = await ensure_runtime_login(url, keys)
+        pool = await db.create_pool(runtime_url or url, max_size=8)
         stack.push_async_callback(pool.close)
         ingest = Ingest(settings=settings, pool=pool, keys=keys)
         await ingest.refresh_record_types(force=True)
@@ -188,9 +219,10 @@ async def run_hub(
         tap: Tap | None = None
         policy: Policy | None = None
         on_change: Callable[[set[str]], Awaitable[None]] | None = None
+        users_state: Callable[[], Awaitable[Hashable]] | None = None
         if embedded_broker:
             mqtt_host, mqtt_port = "127.0.0.1", settings.mqtt_port
-            policy = Policy(topics, keys)
+            policy = Policy(topics, keys, hub_client_ids=hub_client_ids(settings))
             if settings.broker == "mosquitto":
                 from broker import mosquitto
 
@@ -202,6 +234,7 @@ async def run_hub(
                     device_keys=active,
                     bind=settings.mqtt_bind,
                     port=settings.mqtt_port,
+                    renewed=await renewed_devices(settings, pool, keys),
                 )
                 managed = await stack.enter_async_context(
                     mosquitto.ManagedMosquitto(conf, port=settings.mqtt_port)
@@ -214,10 +247,15 @@ async def run_hub(
                         device_keys=active,
                         bind=settings.mqtt_bind,
                         port=settings.mqtt_port,
+                        renewed=await renewed_devices(settings, pool, keys),
                     )
                     managed.reload()
 
-                on_change = refresh_users
+                async def grace_state() -> Hashable:
+                    in_grace = keys.grace_keys() is not None
+                    return in_grace, await renewed_devices(settings, pool, keys)
+
+                on_change, users_state = refresh_users, grace_state
             else:
                 from broker.tap import Tap
 
@@ -240,7 +278,10 @@ async def run_hub(
         if policy is not None:
             tasks.append(
                 asyncio.create_task(
-                    sync_device_access(pool, policy, stop, on_change), name="hub[policy].sync"
+                    sync_device_access(
+                        pool, policy, stop, on_change, POLICY_SYNC_S, users_state=users_state
+                    ),
+                    name="hub[policy].sync",
                 )
             )
         if "bridge" in roles:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from typing import Annotated, Literal
 
 import asyncpg
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from pi_server.auth import require_operator
+from pi_server.security.limits import Day, Instant
 
 from . import _queries as queries
 from ._models import AlertOut, DailyStat, EtlStatus, HourlyStat
@@ -29,8 +29,8 @@ async def stats_hourly(
     request: Request,
     device: str | None = None,
     type: Annotated[str | None, Query(description="series (record type name)")] = None,
-    since: Annotated[datetime | None, Query(description="default: until - 24 h")] = None,
-    until: Annotated[datetime | None, Query(description="default: now")] = None,
+    since: Annotated[Instant | None, Query(description="default: until - 24 h")] = None,
+    until: Annotated[Instant | None, Query(description="default: now")] = None,
     limit: Limit = 10_000,
 ) -> list[HourlyStat]:
     """Hourly rollups per device and series, oldest first."""
@@ -43,10 +43,8 @@ async def stats_hourly(
 async def stats_daily(
     request: Request,
     device: str | None = None,
-    since: Annotated[date | None, Query(description="first day; default: until - 30 days")] = None,
-    until: Annotated[
-        date | None, Query(description="day after the last; default: tomorrow")
-    ] = None,
+    since: Annotated[Day | None, Query(description="first day; default: until - 30 days")] = None,
+    until: Annotated[Day | None, Query(description="day after the last; default: tomorrow")] = None,
     limit: Limit = 10_000,
 ) -> list[DailyStat]:
     """Daily pump run time, starts, watering volume, moisture and battery per device."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -40,6 +39,7 @@ from pi_server.ops.models import (
     Reading,
     Rollout,
 )
+from pi_server.security.limits import MAX_ROW_ID, Instant, RowId
 
 HEARTBEAT_S = 15.0
 # A stream ends after this long and the browser reconnects (resuming by Last-Event-ID), so
@@ -184,9 +184,11 @@ async def telemetry(
     hub: Hub,
     device: str | None = None,
     type: str | None = None,
-    since: Annotated[datetime | None, Query(description="record_time >= (ISO or epoch)")] = None,
-    until: Annotated[datetime | None, Query(description="record_time < (ISO or epoch)")] = None,
-    before_id: Annotated[int | None, Query(description="next_before_id of the page before")] = None,
+    since: Annotated[Instant | None, Query(description="record_time >= (ISO or epoch)")] = None,
+    until: Annotated[Instant | None, Query(description="record_time < (ISO or epoch)")] = None,
+    before_id: Annotated[
+        RowId | None, Query(description="next_before_id of the page before")
+    ] = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
     """Processed readings, newest first (by id)."""
@@ -224,9 +226,9 @@ async def errors(
     hub: Hub,
     device: str | None = None,
     code: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    before_id: int | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
+    before_id: RowId | None = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
     """Ingest errors, newest first, with code, detail and the raw payload as text."""
@@ -248,7 +250,7 @@ async def deploy_log(
     hub: Hub,
     device: str | None = None,
     version: str | None = None,
-    before_id: int | None = None,
+    before_id: RowId | None = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
     """Every update step of every device (OTA, USB, hub), newest first."""
@@ -275,12 +277,18 @@ async def counters(hub: Hub) -> dict[str, int]:
 @router.get("/api/events", tags=["fleet"], response_class=StreamingResponse)
 async def events(
     hub: Hub,
-    after: Annotated[int | None, Query(description="replay ingest errors after this id")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ROW_ID, description="replay ingest errors after this id")
+    ] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-sent events: ``ingest_error``, ``deploy``, ``device``, ``counters``."""
     feed = feed_of(hub)
-    header_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    # A browser echoes our own ids; anything else ('²' passes isdigit() but not int(), or a
+    # number past bigint) is ignored rather than failing the request or the stream.
+    raw_id = last_event_id or ""
+    header_id = int(raw_id) if raw_id.isascii() and raw_id.isdigit() else 0
+    header_id = header_id if header_id <= MAX_ROW_ID else 0
     resume = max(after or 0, header_id)
 
     async def stream() -> AsyncIterator[str]:

@@ -19,7 +19,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,14 +28,17 @@ from pi_server.app import HubContext
 from pi_server.auth import require_operator
 from pi_server.ota import queries, rollouts
 from pi_server.ota.config import OtaSettings
-from pi_server.ota.errors import OtaError
+from pi_server.ota.errors import Invalid, OtaError
 from pi_server.ota.keys import Signer, load_signer
 from pi_server.ota.release import create_release
 from pi_server.ota.store import ArtifactStore
+from pi_server.security.limits import MAX_ROW_ID
 
 router = APIRouter()
 Operator = [Depends(require_operator)]
 T = TypeVar("T")
+# Ids are bigint: anything outside 1..2**63-1 is a 422 here, not an overflow in asyncpg.
+RolloutId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -44,6 +48,14 @@ def _hub(request: Request) -> HubContext:
     return hub
 
 
+def _http_error(exc: OtaError) -> Exception:
+    """An OTA error as its HTTP answer. ``Invalid`` keeps the shape the OpenAPI spec gives
+    every 422 (a list of validation errors), so clients parse one form."""
+    if isinstance(exc, Invalid):
+        return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}])
+    return HTTPException(exc.status_code, str(exc))
+
+
 @asynccontextmanager
 async def _unit(request: Request) -> AsyncIterator[asyncpg.Connection]:
     """One transaction; OTA errors become their HTTP status."""
@@ -51,7 +63,7 @@ async def _unit(request: Request) -> AsyncIterator[asyncpg.Connection]:
         async with _hub(request).pool.acquire() as conn, conn.transaction():
             yield conn
     except OtaError as exc:
-        raise HTTPException(exc.status_code, str(exc)) from exc
+        raise _http_error(exc) from exc
 
 
 async def _run(request: Request, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -63,7 +75,7 @@ def _signer(request: Request) -> Signer:
     try:
         return load_signer(_hub(request).settings.data_path)
     except OtaError as exc:
-        raise HTTPException(exc.status_code, str(exc)) from exc
+        raise _http_error(exc) from exc
 
 
 # -- artifacts ------------------------------------------------------------------------------
@@ -135,8 +147,8 @@ async def post_release(
     async for chunk in request.stream():
         data += chunk
         if len(data) > cfg.max_artifact_bytes:
-            raise HTTPException(
-                422, f"the file is over the limit of {cfg.max_artifact_bytes} bytes"
+            raise _http_error(
+                Invalid(f"the file is over the limit of {cfg.max_artifact_bytes} bytes")
             )
     hub, signer = _hub(request), _signer(request)
     out = await _run(
@@ -188,13 +200,13 @@ class PinIn(BaseModel):
 
 @router.get("/api/ota/rollouts", tags=["ota"])
 async def list_rollouts(
-    request: Request, version: str | None = None, limit: Annotated[int, Query(le=500)] = 50
+    request: Request, version: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> list[dict[str, Any]]:
     return await _run(request, lambda c: queries.rollouts(c, version=version, limit=limit))
 
 
 @router.get("/api/ota/rollouts/{rollout_id}", tags=["ota"])
-async def get_rollout(request: Request, rollout_id: int) -> dict[str, Any]:
+async def get_rollout(request: Request, rollout_id: RolloutId) -> dict[str, Any]:
     async def op(c: asyncpg.Connection) -> dict[str, Any]:
         found = await queries.rollouts(c, rollout_id=rollout_id, limit=1)
         if not found:
@@ -236,17 +248,17 @@ def _or(value: T | None, default: T) -> T:
 
 
 @router.post("/api/ota/rollouts/{rollout_id}/pause", dependencies=Operator, tags=["ota"])
-async def pause_rollout(request: Request, rollout_id: int) -> dict[str, Any]:
+async def pause_rollout(request: Request, rollout_id: RolloutId) -> dict[str, Any]:
     return await _run(request, lambda c: rollouts.pause(c, rollout_id))
 
 
 @router.post("/api/ota/rollouts/{rollout_id}/resume", dependencies=Operator, tags=["ota"])
-async def resume_rollout(request: Request, rollout_id: int) -> dict[str, Any]:
+async def resume_rollout(request: Request, rollout_id: RolloutId) -> dict[str, Any]:
     return await _run(request, lambda c: rollouts.resume(c, rollout_id))
 
 
 @router.post("/api/ota/rollouts/{rollout_id}/abort", dependencies=Operator, tags=["ota"])
-async def abort_rollout(request: Request, rollout_id: int) -> dict[str, Any]:
+async def abort_rollout(request: Request, rollout_id: RolloutId) -> dict[str, Any]:
     return await _run(request, lambda c: rollouts.abort(c, rollout_id))
 
 

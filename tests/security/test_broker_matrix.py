@@ -40,8 +40,8 @@ BOTH = ("amqtt", "mosquitto")
 MOSQUITTO_TAKEOVER = (
     "Mosquitto 2.0 lets any authenticated client use or take over any client id; no option "
     "binds an id to a user short of use_username_as_clientid, which would force every hub, "
-    "operator and ops connection onto one id per user (needs an auth plugin); mitigated by an "
-    "unguessable bridge client id"
+    "operator and ops connection onto one id per user (needs an auth plugin); mitigated by a "
+    "private PICOFLEET_BRIDGE_CLIENT_ID"
 )
 
 
