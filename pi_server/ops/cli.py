@@ -8,7 +8,6 @@ a fleet secret: a missing one is an error, never a new fleet.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import time
 from pathlib import Path
@@ -199,42 +198,76 @@ def broker_config(
     owner: Annotated[
         str | None, typer.Option(help="chown the files to UID:GID (the broker's user).")
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep running: rewrite the files whenever devices are added, blocked or "
+            "unblocked in the DB (the broker must then be sent SIGHUP).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between DB checks with --watch.", min=0.05)
+    ] = 5.0,
     data_dir: DataDir = None,
 ) -> None:
     """Write Mosquitto's config, password file and ACL for this fleet (then SIGHUP it)."""
-    from broker import mosquitto
+    import asyncpg
+
     from broker.policy import Policy
+    from pi_server.ops.broker_files import BrokerFiles, sync
+    from picofleet.credentials import load_fleet_keys
+    from picofleet.hub import install_signals, renewed_devices
     from picofleet.topics import valid_device_key
 
     settings = settings_for(data_dir)
-    keys = _keys(settings)
-    admitted = set(device or ())
-    bad = sorted(k for k in admitted if not valid_device_key(k))
+    try:  # with the previous secret too while a rotation's grace period runs
+        keys = load_fleet_keys(settings, create=False)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    extra = frozenset(device or ())
+    bad = sorted(k for k in extra if not valid_device_key(k))
     if bad:
         raise CommandError(f"not valid device keys: {bad}")
-    blocked: set[str] = set()
-    if from_db and settings.database_url:
-        rows = asyncio.run(_device_keys(settings.database_url))
-        admitted |= {k for k, b in rows if not b}
-        blocked = {k for k, b in rows if b}
-    policy = Policy(Topics(settings.topic_prefix), keys, blocked=blocked)
-    conf = mosquitto.write_config(out, policy, device_keys=admitted, bind=bind, port=port)
+    ids: tuple[int, int] | None = None
     if owner:
         uid, _, gid = owner.partition(":")
-        for f in (out, conf, out / "passwd", out / "acl"):
-            os.chown(f, int(uid), int(gid or uid))
-    typer.echo(f"wrote {conf} ({len(admitted - blocked)} device(s) admitted)")
+        try:
+            ids = (int(uid), int(gid or uid))
+        except ValueError:
+            raise CommandError(f"--owner wants numeric UID[:GID], not {owner!r}") from None
+    url = settings.database_url if from_db else None
+    if watch and not url:
+        raise CommandError("--watch follows the device table: set PICOFLEET_DATABASE_URL")
+    files = BrokerFiles(
+        out=out.expanduser().absolute(),  # the conf names passwd and acl by absolute path
+        policy=Policy(Topics(settings.topic_prefix), keys),
+        bind=bind,
+        port=port,
+        extra=extra,
+        owner=ids,
+    )
 
+    async def renewed(pool: asyncpg.Pool) -> frozenset[str]:
+        return await renewed_devices(settings, pool, keys)
 
-async def _device_keys(url: str) -> list[tuple[str, bool]]:
-    import asyncpg
+    if url is None:
+        admitted = files.write(set())
+    elif not watch:
+        try:
+            admitted = asyncio.run(sync(files, url, renewed=renewed))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise CommandError(f"cannot read the devices from the database: {exc}") from None
+    else:
 
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        rows = await conn.fetch("SELECT device_key, blocked FROM device")
-    finally:
-        await conn.close()
-    return [(r["device_key"], r["blocked"]) for r in rows]
+        async def follow() -> None:
+            stop = asyncio.Event()
+            install_signals(stop)
+            await sync(files, url, stop=stop, interval=interval, renewed=renewed)
+
+        asyncio.run(follow())
+        return
+    typer.echo(f"wrote {files.out / 'mosquitto.conf'} ({len(admitted)} device(s) admitted)")
 
 
 def register(app: typer.Typer) -> None:
