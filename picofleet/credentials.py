@@ -86,12 +86,6 @@ def read_rotation(settings: Settings) -> Rotation | None:
         raise ValueError(f"{path} is not a valid previous-secret file") from exc
 
 
-def read_previous_secret(settings: Settings) -> tuple[bytes, float] | None:
-    """The rotated-out secret and the epoch its grace period ends, if a rotation left one."""
-    rotation = read_rotation(settings)
-    return None if rotation is None else (rotation.previous, rotation.expires_at)
-
-
 def read_renewed(settings: Settings) -> frozenset[str]:
     """Devices marked as holding credentials of the current secret since the last rotation."""
     try:
