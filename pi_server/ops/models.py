@@ -14,7 +14,7 @@ class DeviceSummary(BaseModel):
     id: int
     device_key: str
     serial: str | None
-    device_type: str
+    device_type: str | None  # None until the device declares it (startup, USB flash)
     channel: str
     firmware: str | None
     state: str | None

@@ -236,7 +236,7 @@ def fleet_rows(devices: Sequence[dict[str, Any]]) -> str:
             reading += (" · " if reading else "") + f"battery {_num(d['battery_pct'])} %"
         out.append(
             f'<tr id="dev-{escape(d["device_key"])}" data-key="{escape(d["device_key"])}">'
-            f"<td>{_dev_link(d['device_key'])}</td><td>{escape(d['device_type'])}</td>"
+            f"<td>{_dev_link(d['device_key'])}</td><td>{escape(d['device_type'] or '')}</td>"
             f"<td>{state}</td><td>{_time(d['last_seen'], relative=True)}</td>"
             f"<td>{escape(d['firmware'] or '')}</td><td>{escape(d['channel'])}</td>"
             f"<td>{reading}</td></tr>"
@@ -379,7 +379,7 @@ def device_page(
 ) -> str:
     key = dev["device_key"]
     facts = {
-        "type": dev["device_type"],
+        "type": dev["device_type"] or "",
         "state": ("blocked" if dev["blocked"] else "online" if dev["online"] else "offline"),
         "firmware": dev["firmware"] or "",
         "channel": dev["channel"],

@@ -74,6 +74,10 @@ async def test_three_wave_rollout_completes(
 ) -> None:
     keys = keys_of("W", 10)
     devices = await spawn(fleet, pool, keys)
+    # A legacy sender declares no type: it must not become a member of a Pico-W rollout.
+    legacy = [{"device_id": 7, "event_type": "battery_charge", "value": 50, "timestamp": 1.7e9}]
+    async with httpx.AsyncClient(base_url=hub.http) as http:
+        assert (await http.post("/ingest", json=legacy)).json()[0]["status"] == "ok"
     main = tmp_path / "main.py"
     main.write_bytes(app_source("1.1.0"))
     await picofleet_json(settings, "ota", "release", str(main), "--version", "1.1.0")
@@ -92,6 +96,7 @@ async def test_three_wave_rollout_completes(
         "20",
     )
     assert ro["wave_sizes"] == [1, 4, 5]
+    assert set(await member_states(pool, ro["id"])) == set(keys)
     await wait_state(pool, ro["id"], "completed", timeout=60)
 
     status = await picofleet_json(settings, "ota", "status", "1.1.0")

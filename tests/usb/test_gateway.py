@@ -184,7 +184,8 @@ async def test_gateway_in_the_hub_records_lines_garbage_and_replug(
         ]
     )
     kinds = await pool.fetch("SELECT DISTINCT device_type FROM device")
-    assert [r["device_type"] for r in kinds] == ["pico_w"]  # never flashed: the core default
+    # Never flashed by us and never provisioned: no declared type, so no OTA offers.
+    assert [r["device_type"] for r in kinds] == [None]
 
 
 async def test_gateway_command_lends_its_port_to_a_flash(
