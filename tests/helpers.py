@@ -4,15 +4,62 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from picofleet.credentials import FleetKeys
+
 SECRET = "test-fleet-secret-0123456789abcdef"
+CLI = [sys.executable, "-m", "picofleet"]
+
+
+def run_cli(
+    *args: str, data_dir: Path, timeout: float = 120, umask: int = -1, stderr: bool = False
+) -> str:
+    """``picofleet ARGS --data-dir D`` in a subprocess; its stdout (and stderr), exit 0 asserted."""
+    res = subprocess.run(
+        [*CLI, *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        umask=umask,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout + res.stderr if stderr else res.stdout
+
+
+def startup_body(
+    keys: FleetKeys,
+    serial: str,
+    *,
+    ts: float | None = None,
+    nonce: str | None = None,
+    token_serial: str | None = None,
+    **over: Any,
+) -> dict[str, Any]:
+    """A ``device_startup`` message with a current-form token; ``over`` adds or replaces fields."""
+    ts = int(time.time() if ts is None else ts)
+    nonce = nonce or uuid.uuid4().hex[:16]
+    body: dict[str, Any] = {
+        "event_type": "device_startup",
+        "serial": serial,
+        "firmware": "1.4.0",
+        "timestamp": ts,
+        "nonce": nonce,
+        "provision_token": keys.device_startup_token(token_serial or serial, ts, nonce),
+    }
+    body.update(over)
+    return body
 
 
 def free_port() -> int:

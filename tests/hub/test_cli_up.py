@@ -13,7 +13,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,21 +22,7 @@ import pytest
 
 from picofleet.pgembed import EmbeddedPostgres
 from tests.conftest import need
-from tests.helpers import free_port
-
-CLI = [sys.executable, "-m", "picofleet"]
-
-
-def run_cli(*args: str, data_dir: Path) -> str:
-    res = subprocess.run(
-        [*CLI, *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
-    return res.stdout
+from tests.helpers import CLI, free_port, run_cli
 
 
 def postgres_pids(data_dir: Path) -> list[int]:

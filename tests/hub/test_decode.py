@@ -11,7 +11,7 @@ from bridge.codes import Code
 from bridge.decode import Decoder, Limits, RecordType, legacy_id
 from picofleet.credentials import FleetKeys
 from picofleet.topics import Kind, Topics
-from tests.helpers import SECRET
+from tests.helpers import SECRET, startup_body
 
 TYPES = {
     "platform_extension_ticks": RecordType(1, "platform_extension_ticks", 0, 3000),
@@ -149,17 +149,7 @@ def test_unknown_topic_and_bad_key() -> None:
 
 
 def startup(serial: str, **over: object) -> bytes:
-    ts = int(NOW)
-    nonce = "0123456789abcdef"
-    body = {
-        "event_type": "device_startup",
-        "serial": serial,
-        "firmware": "1.4.0",
-        "timestamp": ts,
-        "nonce": nonce,
-        "provision_token": KEYS.device_startup_token(serial, ts, nonce),
-    }
-    body.update(over)
+    body = startup_body(KEYS, serial, ts=NOW, nonce="0123456789abcdef", **over)
     return json.dumps(body).encode()
 
 

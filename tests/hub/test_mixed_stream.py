@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -18,7 +17,7 @@ from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
 from picofleet.topics import Kind, Topics
 from tests.conftest import RunningHub, running_hub
-from tests.helpers import Client, wait_for
+from tests.helpers import Client, startup_body, wait_for
 from tests.hub import scenario
 
 
@@ -115,17 +114,7 @@ async def test_serve_bridge_against_mosquitto(
 
 
 def _startup(keys: FleetKeys, serial: str, nonce: str, ts: int | None = None) -> bytes:
-    ts = ts or int(time.time())
-    return json.dumps(
-        {
-            "event_type": "device_startup",
-            "serial": serial,
-            "firmware": "1.4.0",
-            "timestamp": ts,
-            "nonce": nonce,
-            "provision_token": keys.device_startup_token(serial, ts, nonce),
-        }
-    ).encode()
+    return json.dumps(startup_body(keys, serial, ts=ts, nonce=nonce)).encode()
 
 
 async def test_startup_forged_and_replayed_are_refused(hub: RunningHub, pool: asyncpg.Pool) -> None:

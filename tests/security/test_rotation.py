@@ -13,8 +13,6 @@ import contextlib
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -45,9 +43,7 @@ from picofleet.credentials import (
 from picofleet.settings import Settings
 from picofleet.topics import Kind, Topics
 from tests.conftest import mosquitto_available, need
-from tests.helpers import Client, wait_for
-
-CLI = [sys.executable, "-m", "picofleet"]
+from tests.helpers import Client, run_cli, startup_body, wait_for
 
 
 @pytest.fixture
@@ -97,15 +93,7 @@ async def connects(port: int, user: str, password: str) -> bool:
 
 
 def startup(keys: FleetKeys, serial: str) -> dict[str, Any]:
-    ts, nonce = int(time.time()), uuid.uuid4().hex[:16]
-    return {
-        "event_type": "device_startup",
-        "serial": serial,
-        "firmware": "1.4.0",
-        "timestamp": ts,
-        "nonce": nonce,
-        "provision_token": keys.device_startup_token(serial, ts, nonce),
-    }
+    return startup_body(keys, serial)
 
 
 async def ingest_status(settings: Settings, body: dict[str, Any]) -> str:
@@ -185,15 +173,7 @@ def test_cli_rotate_prints_no_secret(tmp_path: Path) -> None:
     data = tmp_path / "cli"
 
     def cli(*args: str) -> str:
-        res = subprocess.run(
-            [*CLI, *args, "--data-dir", str(data)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert res.returncode == 0, res.stderr
-        return res.stdout + res.stderr
+        return run_cli(*args, data_dir=data, timeout=60, stderr=True)
 
     before = json.loads(cli("creds", "device", "AI-CLI002", "--json"))
     old_secret = (data / SECRET_FILE).read_text().strip()

@@ -16,9 +16,7 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +27,8 @@ from pi_server.security.roles import RUNTIME_ROLE
 from picofleet.credentials import HUB_USER, OPERATOR_USER, SECRET_FILE, FleetKeys
 from picofleet.pgembed import PASSWORD_FILE
 from picofleet.topics import Kind, Topics
-from tests.helpers import Client, free_port
+from tests.helpers import CLI, Client, free_port, run_cli, startup_body
 
-CLI = [sys.executable, "-m", "picofleet"]
 DEV, INTRUDER = "AI-LOGS001", "AI-LOGS002"
 T = Topics("picofleet")
 
@@ -49,15 +46,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def startup(keys: FleetKeys, serial: str, ts: int) -> dict[str, Any]:
-    nonce = uuid.uuid4().hex[:16]
-    return {
-        "event_type": "device_startup",
-        "serial": serial,
-        "firmware": "1.4.0",
-        "timestamp": ts,
-        "nonce": nonce,
-        "provision_token": keys.device_startup_token(serial, ts, nonce),
-    }
+    return startup_body(keys, serial, ts=ts)
 
 
 def secrets_of(keys: FleetKeys, data_dir: Path, tokens: list[str]) -> dict[str, bytes]:
@@ -171,16 +160,7 @@ def test_a_full_run_logs_no_secret(data_dir: Path, tmp_path: Path) -> None:
 
 def test_key_files_are_private_whatever_the_umask(data_dir: Path) -> None:
     def cli(*args: str) -> str:
-        res = subprocess.run(
-            [*CLI, *args, "--data-dir", str(data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            umask=0,
-        )
-        assert res.returncode == 0, res.stderr
-        return res.stdout
+        return run_cli(*args, data_dir=data_dir, timeout=60, umask=0)
 
     op = json.loads(cli("creds", "operator", "--json"))
     secret_file = data_dir / SECRET_FILE

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 import asyncpg
@@ -20,7 +19,7 @@ from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
 from picofleet.topics import Kind
 from tests.conftest import RunningHub
-from tests.helpers import wait_for
+from tests.helpers import startup_body, wait_for
 from tests.security.peers import Peer
 
 KEY, OTHER = "AI-BOOT001", "AI-BOOT002"
@@ -34,21 +33,7 @@ def settings(settings: Settings) -> Settings:
 
 
 def startup(keys: FleetKeys, serial: str = KEY, **over: Any) -> dict[str, Any]:
-    ts = int(over.pop("ts", time.time()))
-    nonce = over.pop("nonce", uuid.uuid4().hex[:16])
-    token_serial = over.pop("token_serial", serial)
-    body = {
-        "event_type": "device_startup",
-        "serial": serial,
-        "firmware": "1.4.0",
-        "device_type": "pico_w",
-        "timestamp": ts,
-        "nonce": nonce,
-        "clock_drift_s": 0,
-        "provision_token": keys.device_startup_token(token_serial, ts, nonce),
-    }
-    body.update(over)
-    return body
+    return startup_body(keys, serial, **{"device_type": "pico_w", "clock_drift_s": 0, **over})
 
 
 def forgeries(keys: FleetKeys) -> list[tuple[str, dict[str, Any]]]:
