@@ -238,6 +238,13 @@ class Tap:
                 n += 1
         return n
 
+    def disconnect(self, usernames: set[str]) -> int:
+        """Cut the open connections of these users (just blocked); returns how many."""
+        cut = [c for c in self._conns.values() if c.username in usernames and not c.closed]
+        for c in cut:
+            c.stream_writer.transport.abort()
+        return len(cut)
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(self._publish(topic, payload, qos, retain))
         self._pending.add(task)

@@ -140,17 +140,23 @@ async def sync_device_access(
     on_change: Callable[[set[str]], Awaitable[None]] | None,
     interval: float = 5.0,
     users_state: Callable[[], Awaitable[Hashable]] | None = None,
+    on_blocked: Callable[[set[str]], int] | None = None,
 ) -> None:
     """Keep the broker's view of blocked (and, for Mosquitto, known) devices current.
 
     ``users_state`` adds to what makes Mosquitto's users change: the grace period of a
-    rotation (its end, devices renewed during it).
+    rotation (its end, devices renewed during it). ``on_blocked`` cuts the open connections
+    of devices blocked since the last look (a block would otherwise wait for a reconnect).
     """
     log = logs.get("picofleet.hub")
     known: tuple[set[str], Hashable] | None = None
     while not stop.is_set():
         try:
+            before = policy.blocked
             active, policy.blocked = await db.device_access(pool)
+            newly = policy.blocked - before
+            if newly and on_blocked is not None:
+                log.info("hub.blocked_disconnected", devices=sorted(newly), n=on_blocked(newly))
             state = (active, None if users_state is None else await users_state())
             if on_change is not None and known is not None and state != known:
                 await on_change(active)
@@ -279,7 +285,13 @@ async def run_hub(
             tasks.append(
                 asyncio.create_task(
                     sync_device_access(
-                        pool, policy, stop, on_change, POLICY_SYNC_S, users_state=users_state
+                        pool,
+                        policy,
+                        stop,
+                        on_change,
+                        POLICY_SYNC_S,
+                        users_state=users_state,
+                        on_blocked=None if tap is None else tap.disconnect,
                     ),
                     name="hub[policy].sync",
                 )

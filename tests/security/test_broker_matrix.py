@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -418,3 +419,20 @@ async def test_a_connection_that_never_sends_connect_is_closed(
     dev = Client(hub.mqtt_port, "AI-SLOW01", hub.keys.device_password("AI-SLOW01"))
     assert await asyncio.to_thread(dev.connect)
     await asyncio.to_thread(dev.close)
+
+
+async def test_blocking_a_device_cuts_its_open_connection(hub: RunningHub, pool: Any) -> None:
+    """A block takes effect on the connection the device already has, not only its next one."""
+    key = "AI-BLOCK01"
+    await pool.execute("INSERT INTO device (device_key) VALUES ($1)", key)
+    dev = Client(hub.mqtt_port, key, hub.keys.device_password(key), client_id="blk-1")
+    dropped = threading.Event()
+    dev.c.on_disconnect = lambda *_: dropped.set()
+    assert await asyncio.to_thread(dev.connect)
+    try:
+        await pool.execute("UPDATE device SET blocked = true WHERE device_key = $1", key)
+        assert await asyncio.to_thread(dropped.wait, 15), "the blocked device stayed connected"
+    finally:
+        await asyncio.to_thread(dev.close)
+    again = Client(hub.mqtt_port, key, hub.keys.device_password(key), client_id="blk-2")
+    assert not await asyncio.to_thread(again.connect)
