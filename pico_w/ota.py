@@ -163,6 +163,18 @@ class Updater:
         except OtaError as e:
             self._report("failed", None, e.args[0], e.args[1])
             return
+        if m["action"] in ("pin", "rollback"):
+            # A signed downgrade never expires: refuse one older than the newest accepted,
+            # so a captured meta cannot be replayed to move the device back.
+            at = m.get("created_at")
+            at = at if isinstance(at, int) and not isinstance(at, bool) else 0
+            last = self.store.down_at.get(source, 0)
+            if at < last:
+                self._report("failed", m, "replayed", "older than the last pin/rollback")
+                return
+            if at > last:
+                self.store.down_at[source] = at
+                self.store.save()
         if source == DEVICE:
             pin = m["version"] if m["action"] == "pin" else None
             if pin != self.store.pin:

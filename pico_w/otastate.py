@@ -87,6 +87,9 @@ class Store:
         self.bad = d.get("bad") or []
         self.pin = d.get("pin")
         self.dl = d.get("dl")
+        # Per source (device, channel): created_at of the newest pin/rollback meta accepted;
+        # an older one from the same source is a replay.
+        self.down_at = d.get("down_at") or {}
 
     def save(self):
         doc = {
@@ -96,6 +99,7 @@ class Store:
             "bad": self.bad,
             "pin": self.pin,
             "dl": self.dl,
+            "down_at": self.down_at,
         }
         tmp = STATE + ".tmp"
         with open(tmp, "w") as f:

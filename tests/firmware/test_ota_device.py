@@ -57,6 +57,7 @@ class Rig:
         serve: bytes | None = None,
         size: int | None = None,
         signer: Ed25519PrivateKey | None = None,
+        created_at: int = NOW,
     ) -> bytes:
         sha = self.srv.add(data, serve=serve)
         manifest = json.dumps(
@@ -67,7 +68,7 @@ class Rig:
                 "sha256": sha,
                 "size": len(data) if size is None else size,
                 "artifact_url": self.srv.url(sha),
-                "created_at": NOW,
+                "created_at": created_at,
                 "rollout": "7",
                 "action": action,
             },
@@ -303,6 +304,27 @@ def test_rollback_and_pin_install_older_versions(rig: Rig) -> None:
     unpin = install(boot(board), b"", source="device")  # an empty per-device meta unpins
     assert unpin is None and state(board)["pin"] is None
     assert install(boot(board), rig.meta(newer, version="1.3.0")) is True
+
+
+def test_a_replayed_older_downgrade_is_refused(rig: Rig) -> None:
+    """Signed metas do not expire; a pin or rollback older than one accepted is a replay."""
+    board = rig.board()
+    (board.fs.root / "main.py").write_bytes(release_main("1.2.0"))
+    captured = rig.meta(padded("1.0.5"), version="1.0.5", action="pin", created_at=NOW - 600)
+    pin = rig.meta(padded("1.1.0"), action="pin")
+    assert install(boot(board), pin, source="device") is True
+    interp = boot(board)
+    interp.load("otastate").Store().confirm("1.1.0")
+    assert install(boot(board), pin, source="device") is None  # retained again: no-op
+    # A newer channel rollback does not make the device's own (older) pin look replayed.
+    channel = rig.meta(padded("1.0.9"), version="1.0.9", action="rollback", created_at=NOW + 60)
+    assert install(boot(board), channel) is None  # pinned: the channel is ignored
+    assert install(boot(board), pin, source="device") is None
+    assert [r["reason"] for r in outbox(board)].count("replayed") == 0
+    assert install(boot(board), captured, source="device") is None
+    assert running_version(board) == "1.1.0" and state(board)["pin"] == "1.1.0"
+    last = outbox(board)[-1]
+    assert (last["state"], last["reason"]) == ("failed", "replayed")
 
 
 def test_power_loss_at_every_step_leaves_a_bootable_device(rig: Rig) -> None:
