@@ -50,6 +50,19 @@ def _quiet_structlog() -> Iterator[None]:
     yield
 
 
+@pytest.fixture
+def hub_data() -> Iterator[Path]:
+    """A data dir for a hub whose embedded PostgreSQL runs as another user (we are root).
+
+    Outside pytest's temp base: pytest resets that to 0700 when another session starts,
+    which locks the cluster's user out. The cluster is stopped and the dir removed after."""
+    root = Path(tempfile.mkdtemp(prefix="picofleet-test-hub-"))
+    os.chmod(root, 0o755)
+    yield root
+    EmbeddedPostgres(root).stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[EmbeddedPostgres]:
     # Outside pytest's numbered temp dirs: those are rotated away by other pytest sessions.

@@ -254,12 +254,10 @@ async def _truthy(x: list[bytes]) -> bool:
     return bool(x)
 
 
-def test_kill9_embedded_hub_keeps_every_acked_message(tmp_path: Path) -> None:
+def test_kill9_embedded_hub_keeps_every_acked_message(hub_data: Path) -> None:
     """Stretch: with the tap, a device's PUBACK means committed. kill -9 the whole embedded
     hub mid-stream: every message the device saw acknowledged is in PostgreSQL."""
-    data = tmp_path / "hub"
-    data.mkdir()
-    os.chmod(tmp_path, 0o755)
+    data = hub_data
     mqtt_port = free_port()
     env = dict(os.environ, PICOFLEET_PROVISION_SECRET=SECRET, PICOFLEET_LOG_FORMAT="json")
     cmd = [

@@ -36,12 +36,9 @@ def postgres_pids(data_dir: Path) -> list[int]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "hubdata"
-    d.mkdir()
-    os.chmod(tmp_path, 0o755)
-    yield d
-    run_cli("db", "stop", data_dir=d)  # one-shot commands leave the cluster up on purpose
+def data_dir(hub_data: Path) -> Iterator[Path]:
+    yield hub_data
+    run_cli("db", "stop", data_dir=hub_data)  # one-shot commands leave the cluster up on purpose
 
 
 def test_up_end_to_end(data_dir: Path) -> None:

@@ -5,9 +5,11 @@ release key, two bundles built from the snapshot, and a clean venv with the bund
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,11 +113,13 @@ def bundles(snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundles
 
 
 @pytest.fixture(scope="session")
-def wheel_venv(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def wheel_venv(bundles: Bundles) -> Iterator[Path]:
     """A fresh venv with the bundle's wheel and its requirements.lock installed (not
     editable), as deploy.sh installs them on a Pi."""
-    base = tmp_path_factory.mktemp("venv")
-    os.chmod(base, 0o755)  # the embedded PostgreSQL runs as another user from inside it
+    # The embedded PostgreSQL runs its binaries from this venv as another user: outside
+    # pytest's temp base, which is 0700.
+    base = Path(tempfile.mkdtemp(prefix="picofleet-test-venv-"))
+    os.chmod(base, 0o755)
     unpacked = base / "bundle"
     with tarfile.open(bundles.first.tarball) as tar:
         # Our own tarball; the "data" filter where this Python has it (3.11.4+).
@@ -144,3 +148,4 @@ def wheel_venv(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     assert res.returncode == 0, res.stderr[-4000:]
     yield venv
+    shutil.rmtree(base, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -85,11 +84,9 @@ def test_version_names_the_release_commit(
 
 
 def test_migrate_and_up_from_the_wheel(
-    wheel_venv: Path, snapshot: Path, bundles: Bundles, tmp_path: Path
+    wheel_venv: Path, snapshot: Path, bundles: Bundles, tmp_path: Path, hub_data: Path
 ) -> None:
-    os.chmod(tmp_path, 0o755)
-    data = tmp_path / "hub"
-    data.mkdir()
+    data = hub_data
     try:
         out = run(wheel_venv, "db", "migrate", "--data-dir", str(data), cwd=tmp_path)
         migrations = sorted(p.stem for p in (snapshot / "sql").glob("[0-9]*.sql"))

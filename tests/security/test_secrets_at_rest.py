@@ -38,11 +38,8 @@ def mode(path: Path) -> int:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "hubdata"
-    d.mkdir()
-    os.chmod(tmp_path, 0o755)  # as root, the embedded cluster's user must reach it
-    return d
+def data_dir(hub_data: Path) -> Path:
+    return hub_data
 
 
 def startup(keys: FleetKeys, serial: str, ts: int) -> dict[str, Any]:
