@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pi_server.ota.errors import Conflict, NoSigningKey
+from picofleet.files import replace_file
 
 KEY_DIR = "ota"
 PRIVATE_FILE = "signing.key"
@@ -52,18 +53,6 @@ class Signer:
         return self._private.sign(data)
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write via a fresh temp file created with ``mode``, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def init_keys(data_path: Path, *, force: bool = False) -> Signer:
     """Create the signing key; refuses to replace an existing one unless ``force``."""
     private_path, public_path = key_paths(data_path)
@@ -80,9 +69,9 @@ def init_keys(data_path: Path, *, force: bool = False) -> Signer:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_new(private_path, pem, 0o600)
+    replace_file(private_path, pem, 0o600)
     signer = Signer(key)
-    _write_new(public_path, f"{signer.public_b64}\n".encode(), 0o644)
+    replace_file(public_path, f"{signer.public_b64}\n".encode(), 0o644)
     return signer
 
 

@@ -15,12 +15,10 @@ Running hub processes pick the new secret up when they restart.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from picofleet.credentials import (
     PREVIOUS_SECRET_FILE,
@@ -29,6 +27,7 @@ from picofleet.credentials import (
     read_renewed,
     read_rotation,
 )
+from picofleet.files import replace_file
 from picofleet.settings import Settings
 
 DEFAULT_GRACE_HOURS = 72.0
@@ -43,19 +42,6 @@ class Rotated:
     rotated_at: float
     expires_at: float
     replaced_grace: bool  # an earlier rotation's grace was still running and ends now
-
-
-def replace_private(path: Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text``; the file is 0600 from its first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rotate_fleet_secret(
@@ -78,9 +64,9 @@ def rotate_fleet_secret(
     earlier = read_rotation(settings)
     expires_at = now + grace_hours * 3600
     record = {"secret": old, "rotated_at": now, "expires_at": expires_at}
-    replace_private(settings.data_path / PREVIOUS_SECRET_FILE, json.dumps(record))
-    replace_private(settings.data_path / RENEWED_FILE, "")
-    replace_private(path, secrets.token_hex(32))
+    replace_file(settings.data_path / PREVIOUS_SECRET_FILE, json.dumps(record))
+    replace_file(settings.data_path / RENEWED_FILE, "")
+    replace_file(path, secrets.token_hex(32))
     return Rotated(
         rotated_at=now,
         expires_at=expires_at,
@@ -99,12 +85,12 @@ def end_grace(settings: Settings, *, now: float | None = None) -> bool:
         "rotated_at": rotation.rotated_at,
         "expires_at": now,
     }
-    replace_private(settings.data_path / PREVIOUS_SECRET_FILE, json.dumps(record))
+    replace_file(settings.data_path / PREVIOUS_SECRET_FILE, json.dumps(record))
     return True
 
 
 def mark_renewed(settings: Settings, device_keys: Iterable[str]) -> frozenset[str]:
     """Record devices that now hold the current secret's credentials; returns all of them."""
     marked = read_renewed(settings) | frozenset(device_keys)
-    replace_private(settings.data_path / RENEWED_FILE, "".join(f"{k}\n" for k in sorted(marked)))
+    replace_file(settings.data_path / RENEWED_FILE, "".join(f"{k}\n" for k in sorted(marked)))
     return marked
