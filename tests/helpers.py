@@ -38,6 +38,18 @@ def run_cli(
     return res.stdout + res.stderr if stderr else res.stdout
 
 
+def check_schema(builtin: str, path: Path) -> None:
+    """Validate ``path`` against one of check-jsonschema's bundled (offline) schemas."""
+    res = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", builtin, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def startup_body(
     keys: FleetKeys,
     serial: str,

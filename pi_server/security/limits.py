@@ -31,18 +31,18 @@ def body_limit(settings: Settings) -> int:
     return max(DEFAULT_MAX_BODY_BYTES, settings.max_payload_bytes)
 
 
-def _too_large(limit: int) -> tuple[Message, Message]:
-    body = json.dumps({"detail": f"request body over the limit of {limit} bytes"}).encode()
-    start: Message = {
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ],
-    }
+def _json_error(status: int, detail: str, *, close: bool = False) -> tuple[Message, Message]:
+    """The ASGI messages of a JSON error answer, sent before the app sees the request."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the client may still be sending a body we will not read
+        headers.append((b"connection", b"close"))
+    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
     return start, {"type": "http.response.body", "body": body}
+
+
+def _too_large(limit: int) -> tuple[Message, Message]:
+    return _json_error(413, f"request body over the limit of {limit} bytes", close=True)
 
 
 class BodySizeLimit:
@@ -158,18 +158,8 @@ class RefuseNul:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _has_nul(scope):
-            body = json.dumps({"detail": "NUL character in the request target"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 400,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            for message in _json_error(400, "NUL character in the request target"):
+                await send(message)
             return
         await self.app(scope, receive, send)
 

@@ -43,7 +43,7 @@ from picofleet import cli, db
 from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
 from picofleet.settings import Settings
 from tests.conftest import mosquitto_available, need, running_hub
-from tests.helpers import SECRET, Client, free_port, wait_for
+from tests.helpers import SECRET, Client, check_schema, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -241,21 +241,7 @@ def assert_cli_command(app: typer.Typer, args: list[str], where: str) -> None:
 # -- compose.yaml --------------------------------------------------------------------------------
 def test_compose_is_valid_compose_spec() -> None:
     need(importlib.util.find_spec("check_jsonschema") is not None, "check-jsonschema")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "check_jsonschema",
-            "--builtin-schema",
-            "vendor.compose-spec",
-            str(COMPOSE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    check_schema("vendor.compose-spec", COMPOSE)
 
 
 def test_compose_has_the_production_shape() -> None:

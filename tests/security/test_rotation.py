@@ -9,13 +9,11 @@ tests set (``end_grace``), so nothing waits for a clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ from picofleet.credentials import (
 )
 from picofleet.settings import Settings
 from picofleet.topics import Kind, Topics
-from tests.conftest import mosquitto_available, need
+from tests.conftest import mosquitto_available, need, running_hub
 from tests.helpers import Client, run_cli, startup_body, wait_for
 
 
@@ -58,42 +56,12 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[None]:
-    """The whole hub in this loop, as the ``hub`` fixture runs it, but restartable."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        hub_module.run_hub(
-            settings,
-            roles={"bridge", "http"},
-            stop=stop,
-            ready=ready,
-            handle_signals=False,
-        )
-    )
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    assert ready.is_set(), "hub did not become ready"
-    try:
-        yield
-    finally:
-        waiter.cancel()
-        stop.set()
-        await asyncio.wait_for(task, 20)
-
-
 async def connects(port: int, user: str, password: str) -> bool:
     c = Client(port, user, password, client_id=f"t-{uuid.uuid4().hex[:8]}")
     ok = await asyncio.to_thread(c.connect)
     if ok:
         await asyncio.to_thread(c.close)
     return ok
-
-
-def startup(keys: FleetKeys, serial: str) -> dict[str, Any]:
-    return startup_body(keys, serial)
 
 
 async def ingest_status(settings: Settings, body: dict[str, Any]) -> str:
@@ -197,14 +165,14 @@ async def test_grace_on_the_embedded_amqtt_hub(own_secret: Settings, pool: async
     rotate_fleet_secret(s, grace_hours=1)
     new = load_fleet_keys(s)
     port = s.mqtt_port
-    async with running(s):
+    async with running_hub(s):
         assert await connects(port, dev, old.device_password(dev))
         assert await connects(port, dev, new.device_password(dev))
         assert not await connects(port, dev, "not-the-password")
         assert not await connects(port, OPERATOR_USER, old.role_password(OPERATOR_USER))
         assert await connects(port, OPERATOR_USER, new.role_password(OPERATOR_USER))
-        assert await ingest_status(s, startup(old, dev)) == "provisioned"
-        assert await ingest_status(s, startup(new, dev)) == "provisioned"
+        assert await ingest_status(s, startup_body(old, dev)) == "provisioned"
+        assert await ingest_status(s, startup_body(new, dev)) == "provisioned"
         # A device on the old password still delivers.
         c = Client(port, dev, old.device_password(dev))
         assert await asyncio.to_thread(c.connect)
@@ -226,11 +194,11 @@ async def test_grace_on_the_embedded_amqtt_hub(own_secret: Settings, pool: async
                 assert r.status_code == status  # no grace for the operator token
 
     end_grace(s)  # the stored end of the grace, as if the hours had passed
-    async with running(s):
+    async with running_hub(s):
         assert not await connects(port, dev, old.device_password(dev))
         assert await connects(port, dev, new.device_password(dev))
-        assert await ingest_status(s, startup(old, dev)) == "unauthorized"
-        assert await ingest_status(s, startup(new, dev)) == "provisioned"
+        assert await ingest_status(s, startup_body(old, dev)) == "unauthorized"
+        assert await ingest_status(s, startup_body(new, dev)) == "provisioned"
 
 
 async def test_grace_on_a_managed_mosquitto(
@@ -248,7 +216,7 @@ async def test_grace_on_a_managed_mosquitto(
     new = load_fleet_keys(s)
     port = s.mqtt_port
     passwd = s.data_path / "mosquitto" / "passwd"
-    async with running(s):
+    async with running_hub(s):
         assert mode(passwd) == 0o600
         assert await connects(port, a, old.device_password(a))
         assert not await connects(port, a, new.device_password(a))
@@ -276,7 +244,7 @@ async def test_grace_on_a_managed_mosquitto(
         assert await connects(port, c, old.device_password(c))
 
     end_grace(s)
-    async with running(s):
+    async with running_hub(s):
         for key in (a, b, c):
             assert await connects(port, key, new.device_password(key)), key
             assert not await connects(port, key, old.device_password(key)), key
