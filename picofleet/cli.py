@@ -146,13 +146,13 @@ def creds_device(
     ] = False,
 ) -> None:
     """MQTT username and password of one device."""
-    from picofleet.hub import fleet_keys
+    from picofleet.credentials import load_fleet_keys
     from picofleet.topics import valid_device_key
 
     if not valid_device_key(key):
         raise CommandError(f"{key!r} is not a valid device key ([A-Za-z0-9_-]{{1,64}})")
     settings = settings_for(data_dir)
-    keys = fleet_keys(settings)
+    keys = load_fleet_keys(settings)
     if register:
         from picofleet import db
         from picofleet.hub import embedded_url
@@ -167,10 +167,9 @@ def creds_operator(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """MQTT credentials (read everything, publish commands) and the HTTP operator token."""
-    from picofleet.credentials import OPERATOR_USER
-    from picofleet.hub import fleet_keys
+    from picofleet.credentials import OPERATOR_USER, load_fleet_keys
 
-    keys = fleet_keys(settings_for(data_dir))
+    keys = load_fleet_keys(settings_for(data_dir))
     _emit(
         {
             "username": OPERATOR_USER,

@@ -44,12 +44,6 @@ class Endpoints:
     http_port: int | None
 
 
-def fleet_keys(settings: Settings) -> FleetKeys:
-    """Issue with the current secret; check device credentials against the previous one too
-    while a rotation's grace period runs."""
-    return load_fleet_keys(settings)
-
-
 async def renewed_devices(
     settings: Settings, pool: asyncpg.Pool, keys: FleetKeys
 ) -> frozenset[str]:
@@ -205,7 +199,7 @@ async def run_hub(
     stop = stop or asyncio.Event()
     if handle_signals:
         install_signals(stop)
-    keys = fleet_keys(settings)
+    keys = load_fleet_keys(settings)
     topics = Topics(settings.topic_prefix)
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(database(settings))

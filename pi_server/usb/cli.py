@@ -254,7 +254,8 @@ async def _flash(
     from pi_server.usb._settings import UsbSettings
     from pi_server.usb._transport import MpremoteTransport
     from picofleet import db
-    from picofleet.hub import embedded_url, fleet_keys
+    from picofleet.credentials import load_fleet_keys
+    from picofleet.hub import embedded_url
 
     usb = UsbSettings()
     transport = MpremoteTransport(timeout=usb.usb_step_timeout_s)
@@ -273,7 +274,7 @@ async def _flash(
         plan = FlashPlan(
             bundle=bundle,
             settings=settings,
-            keys=fleet_keys(settings),
+            keys=load_fleet_keys(settings),
             options=options,
             flags=flags,
             ota_key=ota_public_key(settings.data_path),
@@ -375,7 +376,8 @@ def gateway_cmd(
     from pi_server.usb._gateway import UsbGateway, broker_endpoint
     from pi_server.usb._hold import hold_dir
     from pi_server.usb._settings import UsbSettings
-    from picofleet.hub import fleet_keys, install_signals
+    from picofleet.credentials import load_fleet_keys
+    from picofleet.hub import install_signals
     from picofleet.topics import Topics
 
     settings = settings_for(data_dir)
@@ -386,7 +388,7 @@ def gateway_cmd(
     gateway = UsbGateway(
         host=host,
         port=mqtt_port,
-        keys=fleet_keys(settings),
+        keys=load_fleet_keys(settings),
         topics=Topics(settings.topic_prefix),
         usb=usb,
         hold_dir=hold_dir(settings),

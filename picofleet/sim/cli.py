@@ -40,12 +40,12 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON summary.")] = False,
     ) -> None:
         """Simulate a fleet over MQTT with real device credentials; prints what it sent."""
-        from picofleet.hub import fleet_keys
+        from picofleet.credentials import load_fleet_keys
         from picofleet.topics import Topics
 
         settings = settings_for(data_dir)
         port = port or settings.mqtt_port
-        keys = fleet_keys(settings)
+        keys = load_fleet_keys(settings)
         topics = Topics(settings.topic_prefix)
         if fmt not in ("legacy", "v1", "mixed"):
             raise CommandError("--format must be legacy, v1 or mixed")
