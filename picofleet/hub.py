@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -127,6 +128,12 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
     return "\n".join(lines)
 
 
+async def grace_state(settings: Settings, pool: asyncpg.Pool, keys: FleetKeys) -> Hashable:
+    """What else decides Mosquitto's users during a rotation: whether the grace period runs,
+    and which devices are renewed."""
+    return keys.grace_keys() is not None, await renewed_devices(settings, pool, keys)
+
+
 async def sync_device_access(
     pool: asyncpg.Pool,
     policy: Policy,
@@ -152,7 +159,9 @@ async def sync_device_access(
             if newly and on_blocked is not None:
                 log.info("hub.blocked_disconnected", devices=sorted(newly), n=on_blocked(newly))
             state = (active, None if users_state is None else await users_state())
-            if on_change is not None and known is not None and state != known:
+            # The first look counts as a change too: devices may have come and gone since
+            # the caller last wrote what on_change writes.
+            if on_change is not None and state != known:
                 await on_change(active)
                 log.info("hub.broker_users_updated", devices=len(active))
             known = state
@@ -226,36 +235,31 @@ async def run_hub(
             if settings.broker == "mosquitto":
                 from broker import mosquitto
 
-                active, policy.blocked = await db.device_access(pool)
-                conf_dir = settings.data_path / "mosquitto"
-                conf = mosquitto.write_config(
-                    conf_dir,
-                    policy,
-                    device_keys=active,
-                    bind=settings.mqtt_bind,
-                    port=settings.mqtt_port,
-                    renewed=await renewed_devices(settings, pool, keys),
-                )
-                managed = await stack.enter_async_context(
-                    mosquitto.ManagedMosquitto(conf, port=settings.mqtt_port)
-                )
+                mosquitto_policy = policy
 
-                async def refresh_users(active: set[str]) -> None:
-                    mosquitto.write_config(
-                        conf_dir,
-                        policy,
+                async def write_files(active: set[str]) -> Path:
+                    return mosquitto.write_config(
+                        settings.data_path / "mosquitto",
+                        mosquitto_policy,
                         device_keys=active,
                         bind=settings.mqtt_bind,
                         port=settings.mqtt_port,
                         renewed=await renewed_devices(settings, pool, keys),
                     )
+
+                active, policy.blocked = await db.device_access(pool)
+                managed = await stack.enter_async_context(
+                    mosquitto.ManagedMosquitto(await write_files(active), port=settings.mqtt_port)
+                )
+
+                async def refresh_users(active: set[str]) -> None:
+                    await write_files(active)
                     managed.reload()
 
-                async def grace_state() -> Hashable:
-                    in_grace = keys.grace_keys() is not None
-                    return in_grace, await renewed_devices(settings, pool, keys)
+                async def users_now() -> Hashable:
+                    return await grace_state(settings, pool, keys)
 
-                on_change, users_state = refresh_users, grace_state
+                on_change, users_state = refresh_users, users_now
             else:
                 from broker.tap import Tap
 

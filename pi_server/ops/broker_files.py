@@ -14,17 +14,16 @@ grace period ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-
-import asyncpg
 
 from broker import mosquitto
 from broker.policy import Policy
 from picofleet import db, logs
+from picofleet.hub import grace_state, renewed_devices, sync_device_access
+from picofleet.settings import Settings
 
 
 @dataclass
@@ -55,46 +54,43 @@ class BrokerFiles:
         return keys - self.policy.blocked
 
 
-Renewed = Callable[[asyncpg.Pool], Awaitable[frozenset[str]]]
-
-
 async def sync(
     files: BrokerFiles,
     url: str,
+    settings: Settings,
     *,
     stop: asyncio.Event | None = None,
     interval: float = 5.0,
-    renewed: Renewed | None = None,
 ) -> set[str]:
-    """Write the files from the device table once (``stop`` None), or until ``stop`` is set,
-    rewriting them whenever the admitted devices change. Returns the devices last admitted.
+    """Write the files from the device table once (``stop`` None), or keep them current until
+    ``stop`` is set, with the hub's own loop (``picofleet.hub.sync_device_access``). Returns
+    the devices last admitted.
 
     Once: a database error is raised. Watching: it is logged and retried, and the files
     already written stay in force.
     """
     log = logs.get("pi_server.ops.broker")
     pool = await db.create_pool(url, min_size=1, max_size=1)
-    written: tuple[set[str], bool, frozenset[str]] | None = None
+    keys = files.policy.keys
     admitted: set[str] = set()
+
+    async def write(active: set[str]) -> None:
+        nonlocal admitted
+        moved = await renewed_devices(settings, pool, keys)
+        admitted = await asyncio.to_thread(files.write, active, moved)
+        log.info("broker.files_written", out=str(files.out), devices=len(admitted))
+
+    async def users_state() -> Hashable:
+        return await grace_state(settings, pool, keys)
+
     try:
-        while True:
-            try:
-                active, files.policy.blocked = await db.device_access(pool)
-                moved = frozenset() if renewed is None else await renewed(pool)
-                state = (active, files.policy.keys.grace_keys() is not None, moved)
-                if state != written:
-                    admitted = await asyncio.to_thread(files.write, active, moved)
-                    written = state
-                    log.info("broker.files_written", out=str(files.out), devices=len(admitted))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if stop is None:
-                    raise
-                log.warning("broker.files_sync_failed", error=str(exc)[:200])
-            if stop is None:
-                return admitted
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            if stop.is_set():
-                return admitted
+        if stop is None:
+            active, files.policy.blocked = await db.device_access(pool)
+            await write(active)
+        else:
+            await sync_device_access(
+                pool, files.policy, stop, write, interval, users_state=users_state
+            )
+        return admitted
     finally:
         await pool.close()

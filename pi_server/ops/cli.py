@@ -217,7 +217,7 @@ def broker_config(
     from broker.policy import Policy
     from pi_server.ops.broker_files import BrokerFiles, sync
     from picofleet.credentials import load_fleet_keys
-    from picofleet.hub import install_signals, renewed_devices
+    from picofleet.hub import install_signals
     from picofleet.topics import valid_device_key
 
     settings = settings_for(data_dir)
@@ -248,14 +248,11 @@ def broker_config(
         owner=ids,
     )
 
-    async def renewed(pool: asyncpg.Pool) -> frozenset[str]:
-        return await renewed_devices(settings, pool, keys)
-
     if url is None:
         admitted = files.write(set())
     elif not watch:
         try:
-            admitted = asyncio.run(sync(files, url, renewed=renewed))
+            admitted = asyncio.run(sync(files, url, settings))
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise CommandError(f"cannot read the devices from the database: {exc}") from None
     else:
@@ -263,7 +260,7 @@ def broker_config(
         async def follow() -> None:
             stop = asyncio.Event()
             install_signals(stop)
-            await sync(files, url, stop=stop, interval=interval, renewed=renewed)
+            await sync(files, url, settings, stop=stop, interval=interval)
 
         asyncio.run(follow())
         return
