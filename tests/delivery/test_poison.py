@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 
 import asyncpg
 
@@ -46,10 +47,8 @@ async def test_refused_message_is_kept_raw_and_the_rest_commit(
     payloads = [_event(3, 50.0, 1_763_000_000), _event(4, POISON, 1_763_000_001)]
     payloads.append(_event(5, 51.0, 1_763_000_002))
 
-    def build(raw: bytes):  # type: ignore[no-untyped-def]
-        return lambda: ingest.decoder.decode(topic, raw, received_at=now)
-
-    msgs = await ingest.store([build(p) for p in payloads])
+    dec = ingest.decoder
+    msgs = await ingest.store([partial(dec.decode, topic, p, received_at=now) for p in payloads])
 
     assert [bool(m.processed_ids) for m in msgs] == [True, False, True]
     assert [e.code for e in msgs[1].errors] == [Code.STORE_REFUSED]
