@@ -8,13 +8,31 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import asyncpg
 
 from picofleet import logs
 
-_MIGRATION_LOCK = 7_423_001  # pg_advisory_xact_lock key: one migrator at a time
+
+class Lock(IntEnum):
+    """Keys of the transaction-scoped advisory locks that make a job run once fleet-wide
+    (whatever the number of hub processes); all here, so that no two jobs share one."""
+
+    MIGRATE = 7_423_001
+    OTA_ANNOUNCER = 7_423_010
+    ETL = 7_423_030  # rollups and retention
+    ALERTS = 7_423_031
+    RUNTIME_ROLE = 7_423_040
+
+
+async def xact_lock(conn: asyncpg.Connection, lock: Lock, *, wait: bool = True) -> bool:
+    """Take ``lock`` until the transaction ends; without ``wait``, False when it is held."""
+    if wait:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", int(lock))
+        return True
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", int(lock)))
 
 
 class MigrationError(RuntimeError):
@@ -61,7 +79,7 @@ async def migrate(url: str, directory: Path | None = None) -> list[str]:
         )
         for m in migrations(directory):
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await xact_lock(conn, Lock.MIGRATE)
                 done = await conn.fetchval(
                     "SELECT checksum FROM schema_migration WHERE version = $1", m.version
                 )

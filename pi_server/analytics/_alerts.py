@@ -23,13 +23,12 @@ from typing import Any
 import asyncpg
 
 from bridge.codes import Code
-from picofleet import logs
+from picofleet import db, logs
 from picofleet.topics import Topics
 
 from ._models import AlertOut
 from ._settings import AnalyticsSettings
 
-ALERT_LOCK = 7_423_031  # pg_advisory_xact_lock key: one evaluation at a time
 FLEET = ""  # subject of fleet-wide alerts
 
 
@@ -312,9 +311,7 @@ async def evaluate(
     now = now or datetime.now(UTC)
     changes = AlertChanges()
     async with pool.acquire() as conn, conn.transaction():
-        if wait:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", ALERT_LOCK)
-        elif not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", ALERT_LOCK):
+        if not await db.xact_lock(conn, db.Lock.ALERTS, wait=wait):
             return AlertChanges(ran=False)
         for kind, rule in RULES.items():
             conds = await rule(conn, settings, now)

@@ -17,9 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from picofleet import logs
+from picofleet import db, logs
 
-from ._rollup import ETL_LOCK
 from ._settings import AnalyticsSettings
 
 Q_STATE = "SELECT last_id FROM analytics_state WHERE name = 'rollup'"
@@ -90,7 +89,7 @@ async def prune(
         return PruneResult(None)
     cutoff = cutoff_for(now or datetime.now(UTC), days)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", ETL_LOCK)
+        await db.xact_lock(conn, db.Lock.ETL)
         last_id = await conn.fetchval(Q_STATE)
         pending = await conn.fetchval(Q_OLDEST_PENDING, last_id, cutoff)
         if pending is not None:

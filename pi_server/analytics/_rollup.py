@@ -26,16 +26,13 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from picofleet import logs
+from picofleet import db, logs
 
 from ._settings import AnalyticsSettings
 
-ETL_LOCK = 7_423_030  # pg_advisory_xact_lock key: one rollup run at a time, fleet-wide
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
-Q_LOCK = "SELECT pg_advisory_xact_lock($1)"
-Q_TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 Q_STATE = "SELECT last_id, pruned_before FROM analytics_state WHERE name = 'rollup'"
 Q_SAVE_STATE = """
 UPDATE analytics_state SET last_id = $1, last_run_at = now(), last_run_ms = $2,
@@ -326,9 +323,7 @@ async def _recompute(
 
 async def _begin(conn: asyncpg.Connection, *, wait: bool) -> asyncpg.Record | None:
     """Take the ETL lock (or give up when busy and not waiting) and read the state."""
-    if wait:
-        await conn.execute(Q_LOCK, ETL_LOCK)
-    elif not await conn.fetchval(Q_TRY_LOCK, ETL_LOCK):
+    if not await db.xact_lock(conn, db.Lock.ETL, wait=wait):
         return None
     return await conn.fetchrow(Q_STATE)
 

@@ -30,10 +30,9 @@ from pi_server.ota import meta
 from pi_server.ota.events import hub_events, rollout_event
 from pi_server.ota.model import FLEET_KINDS, HALTED_CODE, IN_PROGRESS
 from pi_server.ota.rollouts import withdraw
-from picofleet import logs
+from picofleet import db, logs
 from picofleet.topics import Kind, Topics
 
-_LOCK = 7_423_010  # pg_advisory_xact_lock key of the announcer
 # How far behind its arrival a device's own clock may date telemetry and still count.
 _CLOCK_SLACK = "1 day"
 # Rollouts finished longer ago than this are settled: no more timeouts or health checks.
@@ -179,7 +178,7 @@ class Announcer:
     async def tick(self) -> None:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK):
+                if not await db.xact_lock(conn, db.Lock.OTA_ANNOUNCER, wait=False):
                     return  # another replica's announcer is on it
                 halts = await self._drive(conn)
             await self._publish(conn)

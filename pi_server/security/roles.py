@@ -20,12 +20,11 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from picofleet import logs
+from picofleet import db, logs
 from picofleet.credentials import FleetKeys
 
 RUNTIME_ROLE = "picofleet_runtime"
 _SCRAM_ITERATIONS = 4096
-_ROLE_LOCK = 7_423_040  # pg_advisory_xact_lock key: one role refresh at a time
 
 
 def scram_verifier(password: str, *, salt: bytes | None = None) -> str:
@@ -67,7 +66,7 @@ async def ensure_runtime_login(owner_url: str, keys: FleetKeys) -> str | None:
         # Hub processes starting together (compose: bridge and http) would otherwise race on
         # the same catalog rows ("tuple concurrently updated").
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROLE_LOCK)
+            await db.xact_lock(conn, db.Lock.RUNTIME_ROLE)
             if not await conn.fetchval("SELECT picofleet_grant_runtime()"):
                 log.warning("db.runtime_role_missing", reason="role could not be created")
                 return None
