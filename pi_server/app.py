@@ -16,6 +16,7 @@ import picofleet
 from bridge.decode import parse_json
 from bridge.ledger import outcome
 from bridge.service import Bridge, Build, Ingest
+from pi_server.docs import install_docs
 from pi_server.release.info import build_info
 from pi_server.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.credentials import FleetKeys
@@ -39,7 +40,10 @@ class IngestResult(BaseModel):
 
 
 def create_app(hub: HubContext) -> FastAPI:
-    app = FastAPI(title="picofleet hub", version=picofleet.__version__)
+    app = FastAPI(
+        title="picofleet hub", version=picofleet.__version__, docs_url=None, redoc_url=None
+    )
+    install_docs(app)
     app.state.hub = hub
     # The outer bound on any request body, before a route buffers it; routes check finer ones.
     app.add_middleware(BodySizeLimit, max_bytes=body_limit(hub.settings))

@@ -101,7 +101,10 @@ def _read(path: Any, first: int, length: int) -> bytes:
         return data
 
 
-@router.api_route("/ota/artifacts/{sha256}", methods=["GET", "HEAD"], tags=["ota"])
+# HEAD is served by the same function but left out of the schema: one route with two
+# methods would give both the same operation id, which breaks /openapi.json.
+@router.get("/ota/artifacts/{sha256}", tags=["ota"])
+@router.head("/ota/artifacts/{sha256}", include_in_schema=False)
 async def artifact(sha256: str, request: Request) -> Response:
     """Artifact bytes by sha256 (64 lowercase hex); a broken download resumes with Range."""
     store = ArtifactStore.for_settings(_hub(request).settings)

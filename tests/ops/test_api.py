@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from picofleet.credentials import FleetKeys
 
@@ -181,15 +180,25 @@ async def test_delete_device_needs_the_operator_token(
     assert (await api.delete("/api/devices/3", headers=auth)).status_code == 404
 
 
-# Another area's duplicate operation id must not hide whether ours are documented.
-@pytest.mark.filterwarnings("ignore:Duplicate Operation ID:UserWarning")
 async def test_openapi_documents_the_api(api: httpx.AsyncClient) -> None:
     schema = (await api.get("/openapi.json")).json()
     for path in ("/api/devices", "/api/telemetry", "/api/errors", "/api/deploy-log"):
         assert path in schema["paths"]
     delete = schema["paths"]["/api/devices/{key}"]["delete"]
     assert delete["security"] == [{"HTTPBearer": []}]
-    assert (await api.get("/docs")).status_code == 200
+
+
+async def test_docs_page_loads_nothing_from_another_host(api: httpx.AsyncClient) -> None:
+    """The Pi's LAN may have no internet: every asset of /docs comes from the hub."""
+    page = await api.get("/docs")
+    assert page.status_code == 200
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
+    assert urls, page.text
+    for url in urls:
+        assert url.startswith("/"), f"{url} is not served by the hub"
+        if url != "/openapi.json":
+            asset = await api.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 100, url
 
 
 async def test_dashboard_pages_escape_what_devices_send(api: httpx.AsyncClient) -> None:

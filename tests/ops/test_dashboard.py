@@ -198,3 +198,18 @@ async def _device_charts_follow_new_readings(
     await asyncio.to_thread(pump.publish, topic, json.dumps(body))
     await browser.until(f"return {MOISTURE_POINTS} === {READINGS + 1}")
     await browser.screenshot("device-live.png")
+
+
+async def test_docs_render_offline_in_chromium(hub: RunningHub, browser: Browser) -> None:
+    """Swagger UI draws the hub's operations with assets from the hub alone."""
+    await browser.get(f"{hub.http}/docs")
+    ops = await browser.until(
+        "return document.querySelectorAll('.opblock').length || null", timeout=30
+    )
+    assert ops >= 10
+    foreign = await browser.js(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(u => !u.startsWith(location.origin))"
+    )
+    assert foreign == []
+    await browser.screenshot("docs.png")

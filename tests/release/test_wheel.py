@@ -117,6 +117,10 @@ def test_migrate_and_up_from_the_wheel(
             assert "picofleet hub is up" in banner and f"http://127.0.0.1:{http_port}/" in banner
             health = get_json(f"http://127.0.0.1:{http_port}/health")
             assert health["status"] == "ok" and health["version"] == VERSION
+            # /docs works offline from the installed wheel: its assets are package data.
+            url = f"http://127.0.0.1:{http_port}/docs/assets/swagger-ui-bundle.js"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert resp.status == 200 and len(resp.read()) > 1_000_000
         finally:
             proc.send_signal(signal.SIGTERM)
             rest = proc.communicate(timeout=60)[0]

@@ -184,10 +184,8 @@ def test_no_plain_equality_on_secrets_anywhere() -> None:
 # -- nothing secret goes out ---------------------------------------------------------------
 # pi_server/ota/routes.py serves GET and HEAD from one api_route: FastAPI warns about the
 # duplicate operation id whenever the schema is built (reported; not a security matter).
-OPENAPI_DUP = "ignore:Duplicate Operation ID:UserWarning"
 
 
-@pytest.mark.filterwarnings(OPENAPI_DUP)
 async def test_error_bodies_and_public_pages_reveal_no_secrets(
     app: FastAPI, client: httpx.AsyncClient, keys: FleetKeys, db_url: str
 ) -> None:
@@ -219,7 +217,6 @@ async def test_error_bodies_and_public_pages_reveal_no_secrets(
         assert_no_secrets(r.text + str(r.headers), secrets, f"{method} {url}")
 
 
-@pytest.mark.filterwarnings(OPENAPI_DUP)
 async def test_read_api_does_not_hand_out_stored_tokens(
     app: FastAPI, client: httpx.AsyncClient, keys: FleetKeys, db_url: str
 ) -> None:

@@ -31,9 +31,6 @@ from tests.conftest import RunningHub
 
 EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 10}
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
-# pi_server/ota/routes.py serves GET and HEAD from one api_route; FastAPI warns about the
-# duplicate operation id whenever it builds the schema (see tests/security/test_http.py).
-OPENAPI_DUP = "ignore:Duplicate Operation ID:UserWarning"
 # Server-sent events never end, so a generated request would wait for ever; the stream's
 # inputs are probed by test_event_stream_inputs below.
 STREAMS = {"/api/events"}
@@ -86,7 +83,6 @@ def fuzz(base_url: str, token: str) -> tuple[int, list[str]]:
     return sent, failures
 
 
-@pytest.mark.filterwarnings(OPENAPI_DUP)
 async def test_openapi_operations_survive_generated_input(hub: RunningHub) -> None:
     init_keys(hub.settings.data_path)  # so release, rollout and pin requests reach the database
     sent, failures = await asyncio.to_thread(fuzz, hub.http, hub.keys.operator_token)
