@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from pi_server.ops import device_cli
 from picofleet.cli import CommandError, DataDir, settings_for
 from picofleet.credentials import OPERATOR_USER, FleetKeys, load_fleet_secret
 from picofleet.settings import Settings, mqtt_endpoint
@@ -27,7 +28,7 @@ MqttOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
-def _keys(settings: Settings) -> FleetKeys:
+def keys_for(settings: Settings) -> FleetKeys:
     try:
         return FleetKeys(load_fleet_secret(settings, create=False))
     except FileNotFoundError as exc:
@@ -66,7 +67,7 @@ def tail(
     from pi_server.ops.mqttc import BlockingClient, ConnectFailed
 
     settings = settings_for(data_dir)
-    keys = _keys(settings)
+    keys = keys_for(settings)
     topics = Topics(settings.topic_prefix)
     try:
         sel = tl.select(topics, pattern, errors=errors)
@@ -165,7 +166,7 @@ def smoke(
         http=http or f"http://127.0.0.1:{settings.http_port}",
         mqtt_host=host,
         mqtt_port=port,
-        keys=_keys(settings),
+        keys=keys_for(settings),
         topics=Topics(settings.topic_prefix),
         timeout=timeout,
         wait=wait,
@@ -274,3 +275,4 @@ def register(app: typer.Typer) -> None:
     broker_app = typer.Typer(help="The production broker (Mosquitto).", no_args_is_help=True)
     broker_app.command("config")(broker_config)
     app.add_typer(broker_app, name="broker")
+    app.add_typer(device_cli.app, name="device")

@@ -346,3 +346,18 @@ async def delete_device(conn: asyncpg.Connection, key: str) -> dict[str, Any] | 
 def _count(status: str) -> int:
     """Row count of a command tag like 'DELETE 3'."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def command_ack(
+    conn: Conn, key: str, topic: str, cid: str, since: datetime
+) -> dict[str, Any] | None:
+    """A device's acknowledgement of command ``cid``, stored at or after ``since``."""
+    body = await conn.fetchval(
+        "SELECT body -> 'ack' FROM raw_record WHERE device_key = $1 AND topic = $2"
+        " AND received_at >= $3 AND body -> 'ack' ->> 'id' = $4 ORDER BY id LIMIT 1",
+        key,
+        topic,
+        since,
+        cid,
+    )
+    return json.loads(body) if isinstance(body, str) else body

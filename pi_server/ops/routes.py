@@ -4,6 +4,7 @@ GET    /                                dashboard (HTML)
 GET    /devices/{key}                   one device: charts, errors, deploy log (HTML)
 GET    /api/devices[/{key}]             fleet / one device with recent readings
 DELETE /api/devices/{key}               remove a device and its data (operator token)
+POST   /api/devices/{key}/cmd           pump/stop/reboot/config, waits for the ack (token)
 GET    /api/telemetry                   readings: device, type, since, until, paging
 GET    /api/metrics/{view}              the seed's metric views
 GET    /api/errors                      ingest errors with raw payloads, paging
@@ -23,11 +24,11 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from pi_server.app import HubContext
 from pi_server.auth import require_operator
-from pi_server.ops import metrics, pages, queries
+from pi_server.ops import commands, metrics, pages, queries
 from pi_server.ops.feed import FEED_KEY, EventFeed, catch_up
 from pi_server.ops.models import (
     Deleted,
@@ -40,6 +41,7 @@ from pi_server.ops.models import (
     Rollout,
 )
 from pi_server.security.limits import MAX_ROW_ID, Instant, RowId
+from picofleet.topics import Kind
 
 HEARTBEAT_S = 15.0
 # A stream ends after this long and the browser reconnects (resuming by Last-Event-ID), so
@@ -141,6 +143,37 @@ async def charts_fragment(hub: Hub, key: str) -> HTMLResponse:
 
 
 # -- JSON API --------------------------------------------------------------------------------
+@router.post(
+    "/api/devices/{key}/cmd",
+    response_model=commands.CommandResult,
+    tags=["fleet"],
+    dependencies=[Depends(require_operator)],
+    responses={202: {"model": commands.CommandResult}, 401: {}, 403: {}, 404: {}, 503: {}},
+)
+async def send_command(
+    hub: Hub,
+    key: str,
+    body: commands.CommandRequest,
+    wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for the ack")] = 10,
+) -> JSONResponse:
+    """Send a command; 200 with the device's ack, or 202 when it has not answered in time."""
+    async with _db(hub) as conn:
+        if await queries.device(conn, key, points=1) is None:
+            raise HTTPException(404, f"no device {key!r}")
+    if hub.bridge is None or not hub.bridge.session.connected:
+        raise HTTPException(503, "this process has no broker session to send commands on")
+    topics = hub.ingest.topics
+    cid, sent_at = commands.new_id(), commands.now()
+    hub.bridge.session.publish(topics.device(key, Kind.CMD), body.payload(cid), qos=1)
+    ack = await commands.wait_ack(
+        hub.pool, key, topics.device(key, Kind.STATUS), cid, sent_at, wait
+    )
+    result = commands.CommandResult(
+        id=cid, device_key=key, cmd=body.cmd, sent_at=sent_at, acked=ack is not None, ack=ack
+    )
+    return JSONResponse(result.model_dump(mode="json"), status_code=200 if ack else 202)
+
+
 @router.get("/api/devices", response_model=list[DeviceSummary], tags=["fleet"])
 async def list_devices(hub: Hub) -> list[dict[str, Any]]:
     """Every device with its online state and latest battery / soil moisture."""

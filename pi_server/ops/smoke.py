@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from pi_server.ops.api import HubApi
 from pi_server.ops.mqttc import BlockingClient, ConnectFailed
 from picofleet.credentials import FleetKeys
 from picofleet.topics import Kind, Topics
@@ -71,18 +70,7 @@ class Smoke:
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, token: str | None = None) -> tuple[int, Any]:
-        req = urllib.request.Request(self.http + path, method=method)
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            try:
-                return exc.code, json.loads(body or b"null")
-            except ValueError:
-                return exc.code, body.decode("utf-8", "replace")
+        return HubApi(self.http, token).call(method, path, auth=token is not None)
 
     def _record(self, name: str, ok: bool | None, detail: str) -> bool:
         self.steps.append(Step(name, ok, detail))
