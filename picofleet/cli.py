@@ -20,6 +20,7 @@ app = typer.Typer(
     help="Run a fleet of Raspberry Pi Picos from a Raspberry Pi.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 db_app = typer.Typer(help="Database: migrations and connection URL.", no_args_is_help=True)
 creds_app = typer.Typer(help="MQTT credentials for devices and operators.", no_args_is_help=True)
