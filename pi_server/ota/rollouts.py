@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from pi_server.ota import meta
+from pi_server.ota import meta, takeover
 from pi_server.ota.errors import Conflict, Invalid, NotFound
 from pi_server.ota.events import hub_events, rollout_event
 from pi_server.ota.keys import Signer
@@ -37,6 +37,11 @@ Q_ROLLOUT = "SELECT * FROM ota_rollout WHERE id = $1 FOR UPDATE"
 Q_ACTIVE_FLEET_ROLLOUT = """
 SELECT id, version, state FROM ota_rollout
 WHERE device_type = $1 AND kind = ANY($2::text[]) AND state = ANY($3::text[])
+"""
+Q_ACTIVE_ROLLBACKS = """
+SELECT * FROM ota_rollout
+WHERE device_type = $1 AND kind = 'rollback' AND state = ANY($2::text[])
+ORDER BY id FOR UPDATE
 """
 Q_FLEET = """
 SELECT device_key FROM device
@@ -293,7 +298,7 @@ async def create_rollout(
             " abort it or wait until it finishes"
         )
     fleet = [r["device_key"] for r in await conn.fetch(Q_FLEET, device_type, channel)]
-    return await _insert_rollout(
+    out = await _insert_rollout(
         conn,
         settings=settings,
         signer=signer,
@@ -310,6 +315,32 @@ async def create_rollout(
         timeout_s=timeout_s,
         pause_between_waves=pause_between_waves,
     )
+    superseded = await _supersede_rollbacks(conn, device_type, out["id"])
+    taken = await takeover.take_over(
+        conn,
+        settings=settings,
+        signer=signer,
+        device_type=device_type,
+        channel=channel,
+        members=fleet,
+    )
+    out.update(superseded=superseded, **{f"{k}_meta": v for k, v in taken.items()})
+    return out
+
+
+async def _supersede_rollbacks(
+    conn: asyncpg.Connection, device_type: str, rollout_id: int
+) -> list[int]:
+    """A new fleet rollout says what the type runs from now on: a rollback still under way
+    stops offering (its devices that never started are withdrawn) and ends as aborted."""
+    ids = []
+    for r in await conn.fetch(Q_ACTIVE_ROLLBACKS, device_type, list(ACTIVE_ROLLOUT_STATES)):
+        reason = f"superseded by rollout {rollout_id}"
+        withdrawn = await withdraw(conn, r, reason="superseded")
+        await conn.execute(Q_SET_STATE, r["id"], "aborted", reason, _FINAL_OK)
+        await rollout_event(conn, r["id"], "superseded", by=rollout_id, skipped=len(withdrawn))
+        ids.append(int(r["id"]))
+    return ids
 
 
 async def _rollout(conn: asyncpg.Connection, rollout_id: int) -> asyncpg.Record:
