@@ -67,7 +67,7 @@ class Board:
         self._reboot = threading.Event()
         self._stop = threading.Event()
         self._booted = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"board-{key}", daemon=True)
+        self._thread: threading.Thread | None = None
         self._tseq = 0
 
     @property
@@ -80,6 +80,10 @@ class Board:
 
     # -- control from the test ---------------------------------------------------------------
     def start(self) -> None:
+        """Power on (again): what is on flash is kept, the rest starts from nothing."""
+        self._stop.clear()
+        self._booted.clear()
+        self._thread = threading.Thread(target=self._run, name=f"board-{self.key}", daemon=True)
         self._thread.start()
         assert self._booted.wait(15), f"{self.key} did not boot"
 
@@ -90,9 +94,11 @@ class Board:
         assert self._booted.wait(15), f"{self.key} did not come back"
 
     def stop(self) -> None:
+        """Power off."""
         self._stop.set()
         self._reboot.set()
-        self._thread.join(15)
+        if self._thread is not None:
+            self._thread.join(15)
 
     def versions(self) -> list[str]:
         return [to for _, to in self.installs]
@@ -144,7 +150,7 @@ class Board:
         self._publish(c, Kind.OTA_STATUS, body)
 
     def _run(self) -> None:
-        first = True
+        first = self.boots == 0
         while not self._stop.is_set():
             with self._lock:
                 self._metas = {}
@@ -160,7 +166,7 @@ class Board:
             self._reboot.clear()
             self._booted.set()
             next_telemetry = 0.0
-            while not self._reboot.is_set():
+            while not self._reboot.is_set() and not self._stop.is_set():
                 m = self._next()
                 if m is not None:
                     self._install(c, m)

@@ -242,3 +242,67 @@ async def test_completed_only_while_the_members_run_the_target(
         "1.1.0",
     )
     dev.close()
+
+
+@pytest.mark.parametrize("kind", ["waves", "channel"])
+async def test_new_rollout_supersedes_a_rollback_still_under_way(
+    hub: RunningHub, pool: asyncpg.Pool, signer: Signer, kind: str
+) -> None:
+    """A board away during the rollback comes back after the next rollout started: it goes
+    straight to the new release, never through the rollback's, and the rollback ends."""
+    made = [
+        Board(k, port=hub.mqtt_port, keys=hub.keys, topics=hub.topics, public_key=signer.public_raw)
+        for k in KEYS
+    ]
+    for b in made:
+        await asyncio.to_thread(b.start)
+    away = made[0]
+    try:
+        await provisioned(pool)
+        async with operator(hub) as api:
+            for v in ("1.1.0", "1.2.0", "1.3.0"):
+                r = await api.post(
+                    "/api/ota/releases",
+                    params={"version": v, "device_type": "pico_w"},
+                    content=app_source(v),
+                )
+                assert r.status_code == 201, r.text
+            for v in ("1.1.0", "1.2.0"):
+                ro = await post(api, "/api/ota/rollouts", version=v, waves=[100], soak_s=0)
+                await wait_state(pool, ro["id"], "completed")
+                await on_version(made, v)
+            await asyncio.to_thread(away.stop)
+            rb = await post(api, "/api/ota/rollback", device_type="pico_w")
+            await on_version(made[1:], "1.1.0")
+            assert (await rollout_row(pool, rb["id"]))["state"] == "running"  # one is away
+            how = {"waves": [100]} if kind == "waves" else {"channel": "stable"}
+            new = await post(api, "/api/ota/rollouts", version="1.3.0", soak_s=0, **how)
+        assert new["superseded"] == [rb["id"]]
+        old = await rollout_row(pool, rb["id"])
+        assert (old["state"], old["reason"]) == ("aborted", f"superseded by rollout {new['id']}")
+        states = await pool.fetch(
+            "SELECT device_key, state, reason FROM ota_rollout_device WHERE rollout_id = $1",
+            rb["id"],
+        )
+        assert {r["device_key"]: (r["state"], r["reason"]) for r in states}[away.key] == (
+            "skipped",
+            "superseded",
+        )
+
+        await asyncio.to_thread(away.start)
+        await wait_state(pool, new["id"], "completed", timeout=30)
+        for _ in range(2):
+            for b in made:
+                await asyncio.to_thread(b.reboot)
+        await asyncio.sleep(1.0)
+        assert away.installs == [("1.0.0", "1.1.0"), ("1.1.0", "1.2.0"), ("1.2.0", "1.3.0")]
+        assert {b.key: b.installs for b in made[1:]} == {b.key: EXPECTED for b in made[1:]}
+    finally:
+        for b in made:
+            await asyncio.to_thread(b.stop)
+
+
+async def rollout_row(pool: asyncpg.Pool, rollout_id: int) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM ota_rollout WHERE id = $1", rollout_id)
+    assert row is not None
+    return row
