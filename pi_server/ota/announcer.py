@@ -7,6 +7,7 @@ many bridge replicas run), then a publish step:
     -> per running rollout: start the wave, offer its members (per-device or channel meta),
        halt when (failed + rolled_back + timed_out) / offered passes the threshold,
        advance / wait for the operator / complete when enough of the wave is healthy
+       and still runs the rollout's version (its newest booted_ok)
     -> commit -> publish changed meta rows (all rows after a (re)connect: the broker may
        have lost its retained store) -> announce halts on {prefix}/ingest/errors
 

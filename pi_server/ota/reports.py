@@ -9,6 +9,8 @@ is acknowledged to the broker only once it is logged.
   (``ota_device_state`` and its rollout membership); a late one is logged with
   ``"stale": true`` and changes nothing. A USB flash logged after the device's last report
   resets that baseline, since a reflashed board may restart its counter;
+- ``ota_device_state.running_version`` moves only on ``booted_ok``: what the device says it
+  runs now, which is what a rollout waits for;
 - reason codes come from the contract; anything else is stored as ``unknown`` with the
   device's text kept in the event's detail.
 """

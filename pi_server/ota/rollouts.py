@@ -5,7 +5,9 @@ the announcer (``announcer.py``) turns them into retained meta and drives the wa
 happens here, at the operator's command, so the announcer never needs the private key.
 
 Wave membership is decided once, at creation: the devices of the type (of the channel, for
-a channel rollout) ordered by sha256 of their key, cut at the cumulative percentages.
+a channel rollout) ordered by sha256 of their key, cut at the cumulative percentages. A new
+channel or waves rollout also takes its members over (``takeover.py``): a rollback under way
+ends, and no rollback meta stays retained where it could pull a member back.
 """
 
 from __future__ import annotations
@@ -520,8 +522,9 @@ async def pin(
         timeout_s=timeout_s,
     )
     await conn.execute(Q_UPSERT_PIN, device_key, release["id"], out["id"])
+    # A rollback still offering to the device gives way too: the pin's meta replaces its own.
     skipped = await conn.fetch(
-        Q_SKIP_PINNED, device_key, list(FLEET_KINDS), list(ACTIVE_ROLLOUT_STATES)
+        Q_SKIP_PINNED, device_key, [*FLEET_KINDS, "rollback"], list(ACTIVE_ROLLOUT_STATES)
     )
     for row in skipped:
         await hub_events(
