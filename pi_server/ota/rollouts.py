@@ -31,7 +31,7 @@ from pi_server.ota.manifest import (
     rollout_manifest,
     signed_meta,
 )
-from pi_server.ota.model import ACTIVE_ROLLOUT_STATES, DEFAULT_CHANNEL, FLEET_KINDS
+from pi_server.ota.model import ACTIVE_ROLLOUT_STATES, BAD, DEFAULT_CHANNEL, FLEET_KINDS
 from picofleet.settings import Settings
 
 Q_RELEASE = "SELECT * FROM ota_release WHERE device_type = $1 AND version = $2"
@@ -82,6 +82,9 @@ Q_WITHDRAW_SKIP = """
 UPDATE ota_rollout_device SET state = 'skipped', reason = $2, updated_at = now()
 WHERE rollout_id = $1 AND state IN ('pending', 'offered') AND started_at IS NULL
 RETURNING device_key, offered_at IS NOT NULL AS had_meta
+"""
+Q_BAD_MEMBERS = """
+SELECT device_key FROM ota_rollout_device WHERE rollout_id = $1 AND state = ANY($2::text[])
 """
 Q_LATEST_FLEET_ROLLOUT = """
 SELECT r.*, rel.semver FROM ota_rollout r JOIN ota_release rel ON rel.id = r.release_id
@@ -357,7 +360,9 @@ async def withdraw(
 ) -> list[str]:
     """Take the offer back from members that never reported: finished and in-progress
     devices are untouched. ``to_pending`` (pause) lets a resume offer them again; otherwise
-    they are skipped for good (halt, abort, rollback)."""
+    they are skipped for good (halt, abort, rollback, superseded), and members that failed,
+    rolled back or went silent lose the offer too: they will not run this release, so their
+    topic must stop asking for it (each reboot would try it again)."""
     if to_pending:
         keys = [row["device_key"] for row in await conn.fetch(Q_WITHDRAW_TO_PENDING, r["id"])]
         with_meta = keys
@@ -365,6 +370,9 @@ async def withdraw(
         rows = await conn.fetch(Q_WITHDRAW_SKIP, r["id"], reason)
         keys = [row["device_key"] for row in rows]
         with_meta = [row["device_key"] for row in rows if row["had_meta"]]
+        with_meta += [
+            row["device_key"] for row in await conn.fetch(Q_BAD_MEMBERS, r["id"], list(BAD))
+        ]
     if r["kind"] == "channel":
         await meta.clear_rollout_meta(conn, r["id"])
     else:
