@@ -26,7 +26,7 @@ from picofleet.topics import Kind
 from tests.conftest import RunningHub, mosquitto_available, need, running_hub
 from tests.helpers import Client, startup_body, wait_for
 from tests.ota.board import Board
-from tests.ota.conftest import app_source, picofleet_json, wait_state
+from tests.ota.conftest import app_source, picofleet, picofleet_json, wait_state
 from tests.ota.test_rollouts import retained
 
 KEYS = ["LOOP-A", "LOOP-B", "LOOP-C"]
@@ -159,6 +159,9 @@ async def test_rollback_then_new_rollout_changes_each_version_once(
     assert {d["device_key"]: d["running_version"] for d in status["devices"]} == dict.fromkeys(
         KEYS, "1.3.0"
     )
+    rc, table, err = await picofleet(settings, "ota", "status", COLUMNS="200")
+    assert rc == 0, err
+    assert "running" in table and "runs" in table and table.count("1.3.0") >= len(KEYS) + 1
     reports = await pool.fetch(
         "SELECT device_key, count(*) AS n FROM deploy_event WHERE source = 'ota'"
         " AND state = 'booted_ok' GROUP BY device_key"
