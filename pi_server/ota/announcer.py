@@ -7,6 +7,7 @@ many bridge replicas run), then a publish step:
     -> per running rollout: start the wave, offer its members (per-device or channel meta),
        halt when (failed + rolled_back + timed_out) / offered passes the threshold,
        advance / wait for the operator / complete when enough of the wave is healthy
+       and still runs the rollout's version (its newest booted_ok)
     -> commit -> publish changed meta rows (all rows after a (re)connect: the broker may
        have lost its retained store) -> announce halts on {prefix}/ingest/errors
 
@@ -95,14 +96,20 @@ SELECT count(*) FILTER (WHERE offered_at IS NOT NULL) AS offered,
        count(*) FILTER (WHERE state = 'timed_out') AS timed_out
 FROM ota_rollout_device WHERE rollout_id = $1 AND wave <= $2 AND state <> 'skipped'
 """
+# A member counts only while it still runs the rollout's version by its own word (its newest
+# booted_ok): one that booted it and then went elsewhere is not done (issue 19).
 Q_WAVE_HEALTH = """
 SELECT count(*) AS size,
-       count(*) FILTER (WHERE state = 'booted_ok' AND healthy_at IS NOT NULL) AS healthy
-FROM ota_rollout_device WHERE rollout_id = $1 AND wave = $2 AND state <> 'skipped'
+       count(*) FILTER (WHERE rd.state = 'booted_ok' AND rd.healthy_at IS NOT NULL
+                        AND s.running_version = $3) AS healthy
+FROM ota_rollout_device rd LEFT JOIN ota_device_state s ON s.device_key = rd.device_key
+WHERE rd.rollout_id = $1 AND rd.wave = $2 AND rd.state <> 'skipped'
 """
 Q_OPEN_MEMBERS = """
-SELECT count(*) FROM ota_rollout_device
-WHERE rollout_id = $1 AND (state = 'pending' OR state = ANY($2::text[]))
+SELECT count(*) FROM ota_rollout_device rd
+LEFT JOIN ota_device_state s ON s.device_key = rd.device_key
+WHERE rd.rollout_id = $1 AND (rd.state = 'pending' OR rd.state = ANY($2::text[])
+      OR (rd.state = 'booted_ok' AND s.running_version IS DISTINCT FROM $3))
 """
 Q_FINISH = """
 UPDATE ota_rollout SET state = $2, reason = $3, finished_at = now(), updated_at = now()
@@ -230,13 +237,15 @@ class Announcer:
                 )
             await self._offer(conn, r, wave)
             if r["kind"] not in FLEET_KINDS:
-                if not await conn.fetchval(Q_OPEN_MEMBERS, r["id"], list(IN_PROGRESS)):
+                if not await conn.fetchval(
+                    Q_OPEN_MEMBERS, r["id"], list(IN_PROGRESS), r["version"]
+                ):
                     await self._complete(conn, r)
                 return None
             counts = await conn.fetchrow(Q_COUNTS, r["id"], wave)
             if should_halt(r, counts):
                 return await self._halt(conn, r, counts)
-            health = await conn.fetchrow(Q_WAVE_HEALTH, r["id"], wave)
+            health = await conn.fetchrow(Q_WAVE_HEALTH, r["id"], wave, r["version"])
             if health["size"] and health["healthy"] < r["min_booted"] * health["size"] - 1e-9:
                 return None
             await rollout_event(

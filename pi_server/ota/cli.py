@@ -362,7 +362,8 @@ def ota_status(
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Rollouts and, per device, its state in the latest of them."""
+    """Rollouts and, per device, its state in the latest of them and the version it runs
+    (its newest booted_ok report)."""
     from pi_server.ota import queries
 
     data = _db(data_dir, lambda c, _s: queries.status(c, version))
@@ -384,6 +385,7 @@ def ota_status(
         "devices",
         "booted_ok",
         "healthy",
+        "running",
         "failed",
         "rolled_back",
         "timed_out",
@@ -401,6 +403,7 @@ def ota_status(
             str(r["devices"]),
             str(r["booted_ok"]),
             str(r["healthy"]),
+            str(r["running"]),
             str(r["failed"]),
             str(r["rolled_back"]),
             str(r["timed_out"]),
@@ -408,13 +411,14 @@ def ota_status(
         )
     console.print(rt)
     dt = Table(title="devices")
-    for col in ("device", "version", "state", "reason", "rollout", "wave", "time"):
+    for col in ("device", "version", "state", "runs", "reason", "rollout", "wave", "time"):
         dt.add_column(col)
     for d in data["devices"]:
         dt.add_row(
             d["device_key"],
             d["version"],
             d["state"],
+            d["running_version"] or "?",
             d["reason"] or "",
             d["rollout"],
             str(d["wave"]),

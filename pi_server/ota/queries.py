@@ -26,8 +26,11 @@ SELECT r.id, r.version, r.device_type, r.kind, r.channel, r.action, r.state, r.r
        count(rd.device_key) FILTER (WHERE rd.state = 'failed') AS failed,
        count(rd.device_key) FILTER (WHERE rd.state = 'rolled_back') AS rolled_back,
        count(rd.device_key) FILTER (WHERE rd.state = 'timed_out') AS timed_out,
-       count(rd.device_key) FILTER (WHERE rd.state = 'skipped') AS skipped
+       count(rd.device_key) FILTER (WHERE rd.state = 'skipped') AS skipped,
+       -- members whose newest booted_ok report is of this version: what they run now
+       count(rd.device_key) FILTER (WHERE s.running_version = r.version) AS running
 FROM ota_rollout r LEFT JOIN ota_rollout_device rd ON rd.rollout_id = r.id
+LEFT JOIN ota_device_state s ON s.device_key = rd.device_key
 WHERE ($1::text IS NULL OR r.version = $1) AND ($2::bigint IS NULL OR r.id = $2)
 GROUP BY r.id ORDER BY r.id DESC LIMIT $3
 """
@@ -36,7 +39,7 @@ Q_DEVICES = """
 SELECT DISTINCT ON (rd.device_key)
        rd.device_key, rd.rollout_id::text AS rollout, r.version, r.kind, rd.wave + 1 AS wave,
        rd.state, rd.reason, rd.seq, rd.offered_at, rd.booted_at, rd.healthy_at, rd.updated_at,
-       s.version AS reported_version, s.state AS reported_state
+       s.version AS reported_version, s.state AS reported_state, s.running_version
 FROM ota_rollout_device rd
 JOIN ota_rollout r ON r.id = rd.rollout_id
 LEFT JOIN ota_device_state s ON s.device_key = rd.device_key

@@ -9,6 +9,8 @@ is acknowledged to the broker only once it is logged.
   (``ota_device_state`` and its rollout membership); a late one is logged with
   ``"stale": true`` and changes nothing. A USB flash logged after the device's last report
   resets that baseline, since a reflashed board may restart its counter;
+- ``ota_device_state.running_version`` moves only on ``booted_ok``: what the device says it
+  runs now, which is what a rollout waits for;
 - reason codes come from the contract; anything else is stored as ``unknown`` with the
   device's text kept in the event's detail.
 """
@@ -46,15 +48,19 @@ WHERE NOT EXISTS (
     WHERE d.source = 'ota' AND d.device_key = u.key AND d.seq = u.seq AND d.state = u.state
       AND d.version IS NOT DISTINCT FROM u.version)
 """
+# running_version moves only on booted_ok ($7: the version of the device's newest accepted
+# booted_ok in the batch, NULL when it has none): the version the device says it now runs.
 Q_STATE = """
-INSERT INTO ota_device_state (device_key, rollout_id, version, state, reason, seq, updated_at)
-SELECT u.key, r.id, u.version, u.state, u.reason, u.seq, now()
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[])
-     AS u(key, rid, version, state, reason, seq)
+INSERT INTO ota_device_state AS s (device_key, rollout_id, version, state, reason, seq,
+                                   running_version, updated_at)
+SELECT u.key, r.id, u.version, u.state, u.reason, u.seq, u.running, now()
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+            $7::text[]) AS u(key, rid, version, state, reason, seq, running)
 LEFT JOIN ota_rollout r ON r.id = u.rid
 ON CONFLICT (device_key) DO UPDATE
 SET rollout_id = EXCLUDED.rollout_id, version = EXCLUDED.version, state = EXCLUDED.state,
-    reason = EXCLUDED.reason, seq = EXCLUDED.seq, updated_at = now()
+    reason = EXCLUDED.reason, seq = EXCLUDED.seq,
+    running_version = coalesce(EXCLUDED.running_version, s.running_version), updated_at = now()
 """
 # A device reporting on a rollout it is not a member of (a channel rollout it joined
 # late) becomes a member of the rollout's current wave.
@@ -147,6 +153,7 @@ async def write_reports(conn: asyncpg.Connection, batch: Sequence[Message]) -> N
     }
     logged: list[Report] = []
     latest: dict[str, Report] = {}
+    running: dict[str, str | None] = {}  # newest accepted booted_ok's version per device
     seen: set[tuple[str, int]] = set()
     for r in sorted(reports, key=lambda r: (r.device_key, r.seq)):
         if (r.device_key, r.seq) in seen:
@@ -155,6 +162,8 @@ async def write_reports(conn: asyncpg.Connection, batch: Sequence[Message]) -> N
         if r.seq > baseline.get(r.device_key, -1):
             baseline[r.device_key] = r.seq
             latest[r.device_key] = r
+            if r.state == "booted_ok":
+                running[r.device_key] = r.version
         else:
             r.detail["stale"] = True
         logged.append(r)
@@ -179,6 +188,7 @@ async def write_reports(conn: asyncpg.Connection, batch: Sequence[Message]) -> N
         [r.state for r in current],
         [r.reason for r in current],
         [r.seq for r in current],
+        [running.get(r.device_key) for r in current],
     )
     members = sorted(
         (r for r in current if r.rollout_id is not None),

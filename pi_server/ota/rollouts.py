@@ -5,7 +5,9 @@ the announcer (``announcer.py``) turns them into retained meta and drives the wa
 happens here, at the operator's command, so the announcer never needs the private key.
 
 Wave membership is decided once, at creation: the devices of the type (of the channel, for
-a channel rollout) ordered by sha256 of their key, cut at the cumulative percentages.
+a channel rollout) ordered by sha256 of their key, cut at the cumulative percentages. A new
+channel or waves rollout also takes its members over (``takeover.py``): a rollback under way
+ends, and no rollback meta stays retained where it could pull a member back.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from pi_server.ota import meta
+from pi_server.ota import meta, takeover
 from pi_server.ota.errors import Conflict, Invalid, NotFound
 from pi_server.ota.events import hub_events, rollout_event
 from pi_server.ota.keys import Signer
@@ -29,7 +31,7 @@ from pi_server.ota.manifest import (
     rollout_manifest,
     signed_meta,
 )
-from pi_server.ota.model import ACTIVE_ROLLOUT_STATES, DEFAULT_CHANNEL, FLEET_KINDS
+from pi_server.ota.model import ACTIVE_ROLLOUT_STATES, BAD, DEFAULT_CHANNEL, FLEET_KINDS
 from picofleet.settings import Settings
 
 Q_RELEASE = "SELECT * FROM ota_release WHERE device_type = $1 AND version = $2"
@@ -37,6 +39,11 @@ Q_ROLLOUT = "SELECT * FROM ota_rollout WHERE id = $1 FOR UPDATE"
 Q_ACTIVE_FLEET_ROLLOUT = """
 SELECT id, version, state FROM ota_rollout
 WHERE device_type = $1 AND kind = ANY($2::text[]) AND state = ANY($3::text[])
+"""
+Q_ACTIVE_ROLLBACKS = """
+SELECT * FROM ota_rollout
+WHERE device_type = $1 AND kind = 'rollback' AND state = ANY($2::text[])
+ORDER BY id FOR UPDATE
 """
 Q_FLEET = """
 SELECT device_key FROM device
@@ -75,6 +82,9 @@ Q_WITHDRAW_SKIP = """
 UPDATE ota_rollout_device SET state = 'skipped', reason = $2, updated_at = now()
 WHERE rollout_id = $1 AND state IN ('pending', 'offered') AND started_at IS NULL
 RETURNING device_key, offered_at IS NOT NULL AS had_meta
+"""
+Q_BAD_MEMBERS = """
+SELECT device_key FROM ota_rollout_device WHERE rollout_id = $1 AND state = ANY($2::text[])
 """
 Q_LATEST_FLEET_ROLLOUT = """
 SELECT r.*, rel.semver FROM ota_rollout r JOIN ota_release rel ON rel.id = r.release_id
@@ -293,7 +303,7 @@ async def create_rollout(
             " abort it or wait until it finishes"
         )
     fleet = [r["device_key"] for r in await conn.fetch(Q_FLEET, device_type, channel)]
-    return await _insert_rollout(
+    out = await _insert_rollout(
         conn,
         settings=settings,
         signer=signer,
@@ -310,6 +320,32 @@ async def create_rollout(
         timeout_s=timeout_s,
         pause_between_waves=pause_between_waves,
     )
+    superseded = await _supersede_rollbacks(conn, device_type, out["id"])
+    taken = await takeover.take_over(
+        conn,
+        settings=settings,
+        signer=signer,
+        device_type=device_type,
+        channel=channel,
+        members=fleet,
+    )
+    out.update(superseded=superseded, **{f"{k}_meta": v for k, v in taken.items()})
+    return out
+
+
+async def _supersede_rollbacks(
+    conn: asyncpg.Connection, device_type: str, rollout_id: int
+) -> list[int]:
+    """A new fleet rollout says what the type runs from now on: a rollback still under way
+    stops offering (its devices that never started are withdrawn) and ends as aborted."""
+    ids = []
+    for r in await conn.fetch(Q_ACTIVE_ROLLBACKS, device_type, list(ACTIVE_ROLLOUT_STATES)):
+        reason = f"superseded by rollout {rollout_id}"
+        withdrawn = await withdraw(conn, r, reason="superseded")
+        await conn.execute(Q_SET_STATE, r["id"], "aborted", reason, _FINAL_OK)
+        await rollout_event(conn, r["id"], "superseded", by=rollout_id, skipped=len(withdrawn))
+        ids.append(int(r["id"]))
+    return ids
 
 
 async def _rollout(conn: asyncpg.Connection, rollout_id: int) -> asyncpg.Record:
@@ -324,7 +360,9 @@ async def withdraw(
 ) -> list[str]:
     """Take the offer back from members that never reported: finished and in-progress
     devices are untouched. ``to_pending`` (pause) lets a resume offer them again; otherwise
-    they are skipped for good (halt, abort, rollback)."""
+    they are skipped for good (halt, abort, rollback, superseded), and members that failed,
+    rolled back or went silent lose the offer too: they will not run this release, so their
+    topic must stop asking for it (each reboot would try it again)."""
     if to_pending:
         keys = [row["device_key"] for row in await conn.fetch(Q_WITHDRAW_TO_PENDING, r["id"])]
         with_meta = keys
@@ -332,6 +370,9 @@ async def withdraw(
         rows = await conn.fetch(Q_WITHDRAW_SKIP, r["id"], reason)
         keys = [row["device_key"] for row in rows]
         with_meta = [row["device_key"] for row in rows if row["had_meta"]]
+        with_meta += [
+            row["device_key"] for row in await conn.fetch(Q_BAD_MEMBERS, r["id"], list(BAD))
+        ]
     if r["kind"] == "channel":
         await meta.clear_rollout_meta(conn, r["id"])
     else:
@@ -489,8 +530,9 @@ async def pin(
         timeout_s=timeout_s,
     )
     await conn.execute(Q_UPSERT_PIN, device_key, release["id"], out["id"])
+    # A rollback still offering to the device gives way too: the pin's meta replaces its own.
     skipped = await conn.fetch(
-        Q_SKIP_PINNED, device_key, list(FLEET_KINDS), list(ACTIVE_ROLLOUT_STATES)
+        Q_SKIP_PINNED, device_key, [*FLEET_KINDS, "rollback"], list(ACTIVE_ROLLOUT_STATES)
     )
     for row in skipped:
         await hub_events(
