@@ -205,3 +205,23 @@ def test_no_hub_fails_and_creates_nothing(args: tuple[str, ...], tmp_path: Path)
         assert "password" not in res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
     assert list(empty.iterdir()) == []
+
+
+def test_flags_and_environment_override_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picofleet.endpoints import apply
+    from picofleet.settings import Settings
+
+    recorded = {"mqtt_port": 18830, "http_port": 18080, "public_url": "http://pi:18080"}
+    (tmp_path / HUB_FILE).write_text(json.dumps(recorded))
+    for key in [k for k in os.environ if k.startswith("PICOFLEET_")]:
+        monkeypatch.delenv(key)
+    found = apply(Settings(data_dir=tmp_path))
+    assert (found.mqtt_port, found.http_port, found.public_url) == (18830, 18080, "http://pi:18080")
+    monkeypatch.setenv("PICOFLEET_HTTP_PORT", "18081")
+    found = apply(Settings(data_dir=tmp_path, mqtt_port=18831))  # a flag, then the environment
+    assert (found.mqtt_port, found.http_port) == (18831, 18081)
+    # `up` works its public URL out afresh; the ports it keeps.
+    starting = apply(Settings(data_dir=tmp_path), starting=True)
+    assert (starting.mqtt_port, starting.public_url) == (18830, None)
