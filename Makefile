@@ -1,26 +1,44 @@
-# picofleet: `make up` runs the hub on embedded defaults, `make test` runs every check.
+# picofleet: `make up` runs the hub on embedded defaults (runtime dependencies only),
+# `make test` installs what the tests need (system packages too) and runs every check.
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime-installed
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --progress-bar on --disable-pip-version-check
 
-.PHONY: install up test lint typecheck bench clean
+.PHONY: install runtime test-deps up test lint typecheck bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+$(BIN)/python:
+	@echo "== creating $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
 
-install: $(STAMP)
-
-node_modules/.installed: package.json
-	npm install --no-audit --no-fund --silent
+# What `picofleet up` needs, nothing more (no test or lint tools).
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	@echo "== installing picofleet's runtime dependencies into $(VENV)"
+	$(PIP) -e .
 	touch $@
 
-up: install
+# Developer tools and test dependencies on top.
+$(STAMP): $(RUNTIME)
+	@echo "== installing the dev extras (pytest, mypy, ruff, selenium, ...)"
+	$(PIP) -e '.[dev]'
+	touch $@
+
+runtime: $(RUNTIME)
+install: $(STAMP)
+
+# System packages the tests use (Mosquitto, Chromium + driver, Node, PostgreSQL, ...).
+test-deps:
+	scripts/test-deps.sh
+
+node_modules/.installed: package.json | test-deps
+	npm install --no-audit --no-fund
+	touch $@
+
+up: runtime
 	$(BIN)/picofleet up $(ARGS)
 
 lint: install
@@ -30,8 +48,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install node_modules/.installed lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+# Every optional component is required: a missing one fails its tests, none skips.
+test: test-deps install node_modules/.installed lint typecheck
+	PICOFLEET_REQUIRE_ALL=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)

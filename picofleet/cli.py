@@ -41,11 +41,15 @@ class CommandError(Exception):
     """A failure the user can act on; printed without a traceback."""
 
 
-def settings_for(data_dir: Path | None, **overrides: Any) -> Settings:
+def settings_for(data_dir: Path | None, *, starting: bool = False, **overrides: Any) -> Settings:
+    """Flags, then PICOFLEET_* (and .env), then the endpoints the hub recorded in its data
+    dir (picofleet/endpoints.py), then defaults."""
+    from picofleet.endpoints import apply
+
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    settings = Settings(**values)
+    settings = apply(Settings(**values), starting=starting)
     logs.configure(settings.log_level, settings.log_format)
     return settings
 
@@ -64,11 +68,20 @@ def up(
     mqtt_port: Annotated[int | None, typer.Option(help="MQTT listener port [1883].")] = None,
     http_port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
     broker: Annotated[str | None, typer.Option(help="amqtt (embedded) or mosquitto.")] = None,
+    pg_port: Annotated[
+        int | None, typer.Option(help="Embedded PostgreSQL port [chosen once, then kept].")
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="Base URL devices fetch artifacts from [http://LAN-address:http-port]."),
+    ] = None,
     usb_gateway: Annotated[
         bool, typer.Option(help="Also relay USB Picos' serial telemetry (pi_server.usb).")
     ] = False,
 ) -> None:
-    """Run the whole hub: embedded PostgreSQL (unless configured), broker, bridge, HTTP."""
+    """Run the whole hub: embedded PostgreSQL (unless configured), broker, bridge, HTTP.
+
+    Its endpoints are recorded in the data dir; the other commands find the hub there."""
     import os
 
     from picofleet.hub import run_hub
@@ -76,7 +89,19 @@ def up(
     if usb_gateway:
         os.environ["PICOFLEET_USB_GATEWAY"] = "1"  # read by pi_server.usb's own settings
 
-    settings = settings_for(data_dir, mqtt_port=mqtt_port, http_port=http_port, broker=broker)
+    from picofleet.endpoints import public_url as default_public_url
+
+    settings = settings_for(
+        data_dir,
+        starting=True,
+        mqtt_port=mqtt_port,
+        http_port=http_port,
+        broker=broker,
+        pg_port=pg_port,
+        public_url=public_url,
+    )
+    # Fixed for this run: the announcer's manifests and the record name the same URL.
+    settings.public_url = default_public_url(settings)
     asyncio.run(run_hub(settings, roles={"bridge", "http"}, embedded_broker=True))
 
 
@@ -104,12 +129,12 @@ def serve(
 
 @db_app.command("migrate")
 def db_migrate(data_dir: DataDir = None) -> None:
-    """Apply pending migrations from sql/."""
+    """Apply pending migrations from sql/ (creates the embedded cluster if there is none)."""
     from picofleet import db
     from picofleet.hub import embedded_url
 
     settings = settings_for(data_dir)
-    applied = asyncio.run(db.migrate(embedded_url(settings)))
+    applied = asyncio.run(db.migrate(embedded_url(settings, create=True)))
     typer.echo(
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
     )
@@ -147,13 +172,13 @@ def creds_device(
     ] = False,
 ) -> None:
     """MQTT username and password of one device."""
-    from picofleet.credentials import load_fleet_keys
+    from picofleet.endpoints import fleet_keys
     from picofleet.topics import valid_device_key
 
     if not valid_device_key(key):
         raise CommandError(f"{key!r} is not a valid device key ([A-Za-z0-9_-]{{1,64}})")
     settings = settings_for(data_dir)
-    keys = load_fleet_keys(settings)
+    keys = fleet_keys(settings)
     if register:
         from picofleet import db
         from picofleet.hub import embedded_url
@@ -168,9 +193,10 @@ def creds_operator(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """MQTT credentials (read everything, publish commands) and the HTTP operator token."""
-    from picofleet.credentials import OPERATOR_USER, load_fleet_keys
+    from picofleet.credentials import OPERATOR_USER
+    from picofleet.endpoints import fleet_keys
 
-    keys = load_fleet_keys(settings_for(data_dir))
+    keys = fleet_keys(settings_for(data_dir))
     _emit(
         {
             "username": OPERATOR_USER,
@@ -199,9 +225,10 @@ def main() -> int:
         return 1
     except Exception as exc:
         from picofleet.db import MigrationError
+        from picofleet.endpoints import NoHub
         from picofleet.pgembed import PostgresUnavailable
 
-        if isinstance(exc, (PostgresUnavailable, MigrationError, OSError)):
+        if isinstance(exc, (PostgresUnavailable, MigrationError, NoHub, OSError)):
             typer.echo(f"picofleet: {exc}", err=True)
             return 1
         if isinstance(exc, (typer.Abort, KeyboardInterrupt)):

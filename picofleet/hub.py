@@ -82,7 +82,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         return
     from picofleet.pgembed import EmbeddedPostgres
 
-    pg = EmbeddedPostgres(settings.data_path)
+    pg = EmbeddedPostgres(settings.data_path, port=settings.pg_port)
     url = await asyncio.to_thread(pg.start)
     try:
         yield url
@@ -90,13 +90,12 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         await asyncio.to_thread(pg.stop)
 
 
-def embedded_url(settings: Settings) -> str:
-    """URL of the embedded cluster (started if needed) for one-shot commands."""
-    if settings.database_url:
-        return settings.database_url
-    from picofleet.pgembed import EmbeddedPostgres
+def embedded_url(settings: Settings, *, create: bool = False) -> str:
+    """URL of the hub's database for one-shot commands (the embedded cluster is started if
+    needed, and created only with ``create``: never a second hub by accident)."""
+    from picofleet.endpoints import database_url
 
-    return EmbeddedPostgres(settings.data_path).start()
+    return database_url(settings, create=create)
 
 
 def install_signals(stop: asyncio.Event) -> None:
@@ -118,7 +117,10 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
         f"  mqtt       {host}:{ep.mqtt_port}  ({settings.broker})",
     ]
     if ep.http_port:
+        from picofleet.endpoints import public_url
+
         lines.append(f"  http       http://{host}:{ep.http_port}/  (/health /ready /docs)")
+        lines.append(f"  public     {public_url(settings)}  (devices, artifact URLs)")
     lines += [
         "  tail every topic:",
         f"    mosquitto_sub -h {host} -p {ep.mqtt_port} -u {OPERATOR_USER} -P {op} "
@@ -318,6 +320,9 @@ async def run_hub(
             )
         ep = Endpoints(url, mqtt_host, mqtt_port, http_port)
         if embedded_broker:
+            from picofleet.endpoints import record
+
+            record(settings, database_url=url, http=bool(http_port))
             print(banner(settings, keys, ep), file=sys.stderr, flush=True)  # noqa: T201
         log.info("hub.ready", roles=sorted(roles), mqtt_port=mqtt_port, http_port=http_port)
         if ready is not None:

@@ -2,13 +2,23 @@
 
 Binaries come from the ``pgserver`` wheel where one exists for the platform, else from the
 system's ``initdb``/``pg_ctl``. The server listens on 127.0.0.1 and a socket in the cluster
-dir, with a generated password (scram) for the ``picofleet`` owner role. PostgreSQL refuses to
-run as root, so as root the cluster belongs to an unprivileged system user.
+dir, with a generated password (scram) for the ``picofleet`` owner role, on a port chosen
+free the first time and kept (``postgres.port``) so saved URLs survive restarts.
+
+PostgreSQL refuses to run as root, so as root the cluster belongs to an unprivileged system
+user, which must reach the binaries and the cluster's files. Where it cannot (the checkout
+or the data dir under a private parent: root's home, ``mktemp -d``), nothing is chmod-ed:
+the wheel's binaries are copied once to ``/var/lib/picofleet/pginstall`` and the cluster
+lives under ``/var/lib/picofleet/clusters``, linked from the data dir as ``postgres``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -16,11 +26,14 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from picofleet import logs
+from picofleet.files import replace_file
 
 PG_SUBDIR = "postgres"
 PASSWORD_FILE = "postgres.password"
@@ -28,10 +41,17 @@ PORT_FILE = "postgres.port"
 OWNER = "picofleet"
 DATABASE = "picofleet"
 _ROOT_RUN_AS = ("postgres", "pgserver", "nobody")
+# Where root keeps what the cluster's user must reach when the checkout or data dir cannot.
+SHARED_ROOT = Path("/var/lib/picofleet")
+OWNER_RECORD = "data_dir"  # in a relocated cluster's home: the data dir that links to it
 
 
 class PostgresUnavailable(RuntimeError):
     """No PostgreSQL binaries, or the cluster would not start."""
+
+
+class NoCluster(PostgresUnavailable):
+    """The data dir has no cluster and the caller must not create one."""
 
 
 def find_bindir() -> Path:
@@ -60,6 +80,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
 def _run_as_user() -> str | None:
     if os.geteuid() != 0:
         return None
@@ -72,6 +104,100 @@ def _run_as_user() -> str | None:
     raise PostgresUnavailable("running as root and no unprivileged user to run PostgreSQL as")
 
 
+def reachable(user: str, path: Path) -> bool:
+    """Whether ``user`` can search (directory) or execute (file) ``path``: asked of the
+    kernel as that user, so every parent's mode, owner and ACL counts."""
+    res = subprocess.run(
+        ["runuser", "-u", user, "--", "test", "-x", str(path)], capture_output=True, check=False
+    )
+    return res.returncode == 0
+
+
+def _shared_dir(path: Path) -> Path:
+    """A root-owned directory every user can traverse (not list): 0711."""
+    path.mkdir(parents=True, exist_ok=True)
+    for p in (SHARED_ROOT, path):
+        mode = p.stat().st_mode & 0o7777
+        if mode & 0o011 != 0o011:
+            os.chmod(p, mode | 0o011)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def usable_bindir(bindir: Path, user: str | None) -> Path:
+    """``bindir``, or a copy of the wheel's install tree the cluster's user can run."""
+    if user is None or reachable(user, bindir / "pg_ctl"):
+        return bindir
+    install = bindir.parent
+    if install.name != "pginstall":  # a system install: its share/ and lib/ are elsewhere
+        raise PostgresUnavailable(
+            f"user {user} cannot run {bindir / 'pg_ctl'}: a parent directory is private. "
+            f"Fix: make the PostgreSQL install reachable (chmod o+x on its parents) or "
+            f"install the system server (apt install postgresql)"
+        )
+    # Keyed by the build (not the path): every private checkout of one wheel shares a copy.
+    stats = [(bindir / exe).stat() for exe in ("pg_ctl", "postgres")]
+    build = "|".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
+    key = hashlib.sha256(build.encode()).hexdigest()[:16]
+    home = _shared_dir(SHARED_ROOT / "pginstall")
+    dest = home / key
+    # The wheel's layout is kept (pgserver/pginstall beside pgserver.libs): its binaries
+    # find their shared libraries by an RPATH relative to themselves.
+    package = install.parent
+    rel_bindir = Path(package.name, install.name, bindir.name)
+    if not (dest / rel_bindir / "pg_ctl").exists():
+        # Copied aside, then renamed: a reader sees the whole tree or none of it.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=home))
+        try:
+            tree = tmp / "t"
+            shutil.copytree(install, tree / package.name / install.name, symlinks=True)
+            libs = package.with_name(f"{package.name}.libs")
+            if libs.is_dir():
+                shutil.copytree(libs, tree / libs.name, symlinks=True)
+            for d in (tree, tree / package.name):
+                os.chmod(d, 0o755)
+            try:
+                os.rename(tree, dest)
+            except OSError:
+                if not (dest / rel_bindir / "pg_ctl").exists():
+                    raise  # not a concurrent copy that won: a real failure
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logs.get("picofleet.pgembed").info(
+            "postgres.binaries_copied", source=str(install), to=str(dest), reason="private parent"
+        )
+    return dest / rel_bindir
+
+
+def _sweep_clusters(clusters: Path) -> None:
+    """Remove relocated clusters of temporary data dirs that are gone (test runs, mktemp -d),
+    never one a data dir still links to, one that may be running, or one of a data dir
+    outside the temp dir (a production data dir may have been moved)."""
+    tmp_root = Path(tempfile.gettempdir()).resolve()
+    for home in clusters.iterdir():
+        if home.name.startswith(".") or not home.is_dir():
+            continue
+        try:
+            owner = Path((home / OWNER_RECORD).read_text().strip())
+        except OSError:
+            continue
+        if owner.exists() or tmp_root not in owner.parents:
+            continue
+        if (home / "pgdata" / "postmaster.pid").exists():
+            continue
+        shutil.rmtree(home, ignore_errors=True)
+        logs.get("picofleet.pgembed").info("postgres.swept", path=str(home), data_dir=str(owner))
+
+
 @dataclass
 class EmbeddedPostgres:
     """Owns one cluster directory: init on first use, start, stop."""
@@ -81,33 +207,24 @@ class EmbeddedPostgres:
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
-        self.pgdata = self.root / PG_SUBDIR
+        link = self.root / PG_SUBDIR
+        # A relocated cluster is reached through its real path: its user cannot follow a
+        # link inside the data dir it cannot enter.
+        self.pgdata = link.resolve() if link.is_symlink() else link
         self.bindir = find_bindir()
         self.user = _run_as_user()
+        self._exec_bindir: Path | None = None
         self._log = logs.get("picofleet.pgembed")
         self._started_here = False
 
     # -- helpers ---------------------------------------------------------------------------
     def _cmd(self, exe: str, *args: str) -> list[str]:
-        cmd = [str(self.bindir / exe), *args]
+        if self._exec_bindir is None:
+            self._exec_bindir = usable_bindir(self.bindir, self.user)
+        cmd = [str(self._exec_bindir / exe), *args]
         if self.user:
             return ["runuser", "-u", self.user, "--", *cmd]
         return cmd
-
-    def _ensure_traversable(self) -> None:
-        """As root, the cluster's user must be able to reach the data dir: grant search (x,
-        not read) on parents that lack it, as pgserver does, and say so."""
-        if not self.user:
-            return
-        for parent in reversed(self.root.parents):
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o001)
-                self._log.warning(
-                    "postgres.granted_traverse",
-                    path=str(parent),
-                    reason=f"user {self.user} must reach the data dir",
-                )
 
     def _chown(self, path: Path) -> None:
         if self.user:
@@ -122,28 +239,87 @@ class EmbeddedPostgres:
     def socket_dir(self) -> Path:
         return self.pgdata
 
+    @property
+    def initialised(self) -> bool:
+        return (self.pgdata / "PG_VERSION").exists()
+
+    @property
+    def recorded_port(self) -> int | None:
+        try:
+            return int((self.root / PORT_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def url(self, database: str = DATABASE) -> str:
-        port = self.port or int((self.root / PORT_FILE).read_text())
+        port = self.port or self.recorded_port
         return f"postgresql://{OWNER}:{quote(self.password, safe='')}@127.0.0.1:{port}/{database}"
+
+    def _relocate(self) -> Path:
+        """A home for the cluster that its user can reach, linked from the data dir."""
+        assert self.user is not None
+        clusters = _shared_dir(SHARED_ROOT / "clusters")
+        with _locked(clusters / ".lock"):
+            _sweep_clusters(clusters)
+            home = Path(tempfile.mkdtemp(prefix="pg-", dir=clusters))
+            os.chmod(home, 0o711)
+            replace_file(home / OWNER_RECORD, f"{self.root}\n", mode=0o644)
+            pgdata = home / "pgdata"
+            pgdata.mkdir(mode=0o700)
+            self._chown(pgdata)
+            (self.root / PG_SUBDIR).symlink_to(pgdata)
+        self._log.warning(
+            "postgres.relocated",
+            path=str(pgdata),
+            reason=f"user {self.user} cannot reach {self.root}",
+        )
+        return pgdata
+
+    @contextlib.contextmanager
+    def _password_file(self) -> Iterator[Path]:
+        """The owner's password in a file only the cluster's user can read, for initdb (a
+        pipe will not do: the user may not reopen root's /dev/stdin)."""
+        home = Path(tempfile.mkdtemp(prefix=".initpw-", dir=self.pgdata.parent))
+        try:
+            self._chown(home)
+            path = home / "pw"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password)
+            self._chown(path)
+            yield path
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+    def _check_reachable(self) -> None:
+        if self.user and not reachable(self.user, self.pgdata):
+            raise PostgresUnavailable(
+                f"user {self.user} (PostgreSQL refuses root) cannot reach the cluster at "
+                f"{self.pgdata}: a parent directory is private. Fix: chmod o+x on the parents "
+                f"of {self.pgdata}, or move the data dir under a directory it can enter"
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
     def init(self) -> None:
-        if (self.pgdata / "PG_VERSION").exists():
+        if self.initialised:
             return
+        link = self.root / PG_SUBDIR
+        if link.is_symlink():
+            raise PostgresUnavailable(
+                f"{link} points to {self.pgdata}, which holds no cluster (removed?); "
+                f"remove {link} to start an empty one"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
-        self._ensure_traversable()
         pw_file = self.root / PASSWORD_FILE
         if not pw_file.exists():
             fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(24))
-        self.pgdata.mkdir(mode=0o700, exist_ok=True)
-        self._chown(self.pgdata)
-        # initdb reads the password from a file it can open as the cluster's user.
-        tmp_pw = self.root / ".initpw"
-        tmp_pw.write_text(self.password)
-        self._chown(tmp_pw)
-        try:
+        if self.user and not reachable(self.user, self.root):
+            self.pgdata = self._relocate()
+        else:
+            self.pgdata.mkdir(mode=0o700, exist_ok=True)
+            self._chown(self.pgdata)
+        with self._password_file() as pw:
             self._check(
                 self._cmd(
                     "initdb",
@@ -153,7 +329,7 @@ class EmbeddedPostgres:
                     OWNER,
                     "--auth-local=trust",
                     "--auth-host=scram-sha-256",
-                    f"--pwfile={tmp_pw}",
+                    f"--pwfile={pw}",
                     "-E",
                     "UTF8",
                     "--locale=C",
@@ -161,8 +337,6 @@ class EmbeddedPostgres:
                 ),
                 "initdb",
             )
-        finally:
-            tmp_pw.unlink(missing_ok=True)
         self._log.info("postgres.initialised", pgdata=str(self.pgdata))
 
     def _check(self, cmd: list[str], what: str) -> str:
@@ -172,6 +346,8 @@ class EmbeddedPostgres:
         return res.stdout
 
     def running(self) -> bool:
+        if not self.initialised:
+            return False
         res = subprocess.run(
             self._cmd("pg_ctl", "status", "-D", str(self.pgdata)),
             capture_output=True,
@@ -179,16 +355,29 @@ class EmbeddedPostgres:
         )
         return res.returncode == 0
 
-    def start(self) -> str:
-        """Start (or adopt a running) cluster, make sure the database exists, return its URL."""
+    def start(self, *, create: bool = True) -> str:
+        """Start (or adopt a running) cluster, make sure the database exists, return its URL.
+
+        ``create=False``: a data dir without a cluster raises NoCluster, creating nothing."""
+        if not create and not self.initialised:
+            raise NoCluster(f"no embedded PostgreSQL cluster in {self.root}")
         self.init()
-        self._ensure_traversable()
+        self._check_reachable()
+        recorded = self.recorded_port
         if self.running():
-            self.port = int((self.root / PORT_FILE).read_text())
+            self.port = recorded
             self._log.info("postgres.adopted", port=self.port)
         else:
-            self.port = self.port or _free_port()
-            (self.root / PORT_FILE).write_text(str(self.port))
+            # Same port as last time, so a saved `db url` or psql alias keeps working.
+            self.port = self.port or recorded or _free_port()
+            if not _port_free(self.port):
+                raise PostgresUnavailable(
+                    f"port {self.port} of the embedded PostgreSQL ({self.root / PORT_FILE}) is "
+                    "in use by another program; stop it, or choose another port with "
+                    "--pg-port (PICOFLEET_PG_PORT)"
+                )
+            if self.port != recorded:
+                replace_file(self.root / PORT_FILE, str(self.port), mode=0o644)
             opts = (
                 f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
                 "-c fsync=on -c max_connections=100 -c shared_buffers=128MB"

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     http_bind: str = "0.0.0.0"
     http_port: int = 8000
     public_host: str | None = None
+    # Base URL devices fetch artifacts from [http://<public_host or LAN address>:<http_port>].
+    public_url: str | None = None
+    # Embedded PostgreSQL's port [chosen free once, then kept in the data dir].
+    pg_port: int | None = None
     topic_prefix: str = "picofleet"
 
     provision_secret: SecretStr | None = None

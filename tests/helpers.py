@@ -38,6 +38,17 @@ def run_cli(
     return res.stdout + res.stderr if stderr else res.stdout
 
 
+def new_hub_dir(data_dir: Path, umask: int = -1) -> None:
+    """Create what `picofleet up` creates first, the fleet secret, in a subprocess with
+    ``umask``: one-shot commands (creds, db url, ...) never create a hub."""
+    code = (
+        "import sys; from pathlib import Path; from picofleet.settings import Settings; "
+        "from picofleet.credentials import load_fleet_secret; "
+        "load_fleet_secret(Settings(data_dir=Path(sys.argv[1])))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(data_dir)], check=True, umask=umask)
+
+
 def check_schema(builtin: str, path: Path) -> None:
     """Validate ``path`` against one of check-jsonschema's bundled (offline) schemas."""
     res = subprocess.run(

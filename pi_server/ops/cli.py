@@ -17,7 +17,8 @@ import typer
 
 from pi_server.ops import device_cli
 from picofleet.cli import CommandError, DataDir, settings_for
-from picofleet.credentials import OPERATOR_USER, FleetKeys, load_fleet_secret
+from picofleet.credentials import OPERATOR_USER, FleetKeys
+from picofleet.endpoints import fleet_keys, local_host
 from picofleet.settings import Settings, mqtt_endpoint
 from picofleet.topics import Topics
 
@@ -29,10 +30,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
 def keys_for(settings: Settings) -> FleetKeys:
-    try:
-        return FleetKeys(load_fleet_secret(settings, create=False))
-    except FileNotFoundError as exc:
-        raise CommandError(str(exc)) from None
+    # Without the previous secret: these commands act as operators, never in a grace period.
+    return FleetKeys(fleet_keys(settings).secret)
 
 
 def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
@@ -43,7 +42,7 @@ def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
             return mqtt_endpoint(settings.mqtt_url)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    return "127.0.0.1", settings.mqtt_port
+    return local_host(settings.mqtt_bind), settings.mqtt_port
 
 
 def tail(
@@ -163,7 +162,7 @@ def smoke(
     settings = settings_for(data_dir)
     host, port = _broker(settings, mqtt)
     run = sm.Smoke(
-        http=http or f"http://127.0.0.1:{settings.http_port}",
+        http=http or f"http://{local_host(settings.http_bind)}:{settings.http_port}",
         mqtt_host=host,
         mqtt_port=port,
         keys=keys_for(settings),
@@ -217,15 +216,11 @@ def broker_config(
 
     from broker.policy import Policy
     from pi_server.ops.broker_files import BrokerFiles, sync
-    from picofleet.credentials import load_fleet_keys
     from picofleet.hub import install_signals
     from picofleet.topics import valid_device_key
 
     settings = settings_for(data_dir)
-    try:  # with the previous secret too while a rotation's grace period runs
-        keys = load_fleet_keys(settings, create=False)
-    except FileNotFoundError as exc:
-        raise CommandError(str(exc)) from None
+    keys = fleet_keys(settings)  # with the previous secret too while a grace period runs
     extra = frozenset(device or ())
     bad = sorted(k for k in extra if not valid_device_key(k))
     if bad:

@@ -28,10 +28,12 @@ app = typer.Typer(help="Devices: list, show, send commands.", no_args_is_help=Tr
 def _api(http: str | None, data_dir: Any, *, token: bool = False) -> Any:
     from pi_server.ops.api import HubApi
     from pi_server.ops.cli import keys_for
+    from picofleet.endpoints import local_host
 
     settings = settings_for(data_dir)
     secret = keys_for(settings).operator_token if token else None
-    return HubApi(http or f"http://127.0.0.1:{settings.http_port}", secret, timeout=70)
+    base = http or f"http://{local_host(settings.http_bind)}:{settings.http_port}"
+    return HubApi(base, secret, timeout=70)
 
 
 def _get(api: Any, path: str, **kw: Any) -> Any:

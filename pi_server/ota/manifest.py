@@ -42,8 +42,10 @@ def check_channel(channel: str) -> str:
 
 
 def artifact_url(settings: Settings, sha256: str) -> str:
-    host = settings.public_host or "127.0.0.1"
-    return f"http://{host}:{settings.http_port}/ota/artifacts/{sha256}"
+    """Under the hub's public URL (picofleet/endpoints.py): the address devices reach."""
+    from picofleet.endpoints import public_url
+
+    return f"{public_url(settings)}/ota/artifacts/{sha256}"
 
 
 def manifest_text(fields: dict[str, Any]) -> str:

@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[str, typer.Option("--format", help="legacy, v1 or mixed.")] = "mixed",
         malformed: Annotated[float, typer.Option(help="Fraction of malformed messages.")] = 0.0,
         processes: Annotated[int, typer.Option(help="Generator processes.")] = 1,
-        host: Annotated[str, typer.Option(help="Broker host.")] = "127.0.0.1",
+        host: Annotated[
+            str | None, typer.Option(help="Broker host [the hub's, from its data dir].")
+        ] = None,
         port: Annotated[int | None, typer.Option(help="Broker port [mqtt_port].")] = None,
         shard: Annotated[str | None, typer.Option(hidden=True)] = None,
         firmware: Annotated[
@@ -40,12 +42,13 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON summary.")] = False,
     ) -> None:
         """Simulate a fleet over MQTT with real device credentials; prints what it sent."""
-        from picofleet.credentials import load_fleet_keys
+        from picofleet.endpoints import fleet_keys, local_host
         from picofleet.topics import Topics
 
         settings = settings_for(data_dir)
+        host = host or local_host(settings.mqtt_bind)
         port = port or settings.mqtt_port
-        keys = load_fleet_keys(settings)
+        keys = fleet_keys(settings)
         topics = Topics(settings.topic_prefix)
         if fmt not in ("legacy", "v1", "mixed"):
             raise CommandError("--format must be legacy, v1 or mixed")

@@ -22,7 +22,7 @@ import pytest
 
 from picofleet.pgembed import EmbeddedPostgres
 from tests.conftest import need
-from tests.helpers import CLI, free_port, run_cli
+from tests.helpers import CLI, free_port, new_hub_dir, run_cli
 
 
 def postgres_pids(data_dir: Path) -> list[int]:
@@ -138,6 +138,7 @@ def test_up_end_to_end(data_dir: Path) -> None:
 
 
 def test_creds_and_migrate(data_dir: Path) -> None:
+    new_hub_dir(data_dir)
     op = json.loads(run_cli("creds", "operator", "--json", data_dir=data_dir))
     assert op["username"] == "operator" and len(op["password"]) == 40
     bad = subprocess.run(

@@ -19,6 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.conftest import need
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "deploy.sh"
 # Fails unless the release now `current` ships a `healthy` file; logs what it saw.
 SMOKE = 'echo "smoke $(readlink "$PICOFLEET_PREFIX/current")" >>"$CALLS"; '
@@ -169,8 +171,8 @@ def test_tampered_bundle_is_refused_before_anything_changes(site: Site) -> None:
 
 @pytest.mark.parametrize("verifier", ["openssl", "python"])
 def test_signature_is_checked(site: Site, verifier: str) -> None:
-    if verifier == "openssl" and shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    if verifier == "openssl":
+        need(shutil.which("openssl") is not None, "openssl")
     env = {"PICOFLEET_VERIFY_WITH": verifier}
     good = site.bundle("1.0.0")
     assert site.deploy(good, **env).returncode == 0

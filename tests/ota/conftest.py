@@ -72,6 +72,8 @@ def cli_env(settings: Settings) -> dict[str, str]:
         PICOFLEET_DATABASE_URL=str(settings.database_url),
         PICOFLEET_PROVISION_SECRET=SECRET,
         PICOFLEET_HTTP_PORT=str(settings.http_port),
+        # The hub's bind too: the default artifact URL is the address devices reach it on.
+        PICOFLEET_HTTP_BIND=settings.http_bind,
         PICOFLEET_LOG_LEVEL="WARNING",
     )
     return env

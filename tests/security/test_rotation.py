@@ -41,7 +41,7 @@ from picofleet.credentials import (
 from picofleet.settings import Settings
 from picofleet.topics import Kind, Topics
 from tests.conftest import mosquitto_available, need, running_hub
-from tests.helpers import Client, run_cli, startup_body, wait_for
+from tests.helpers import Client, new_hub_dir, run_cli, startup_body, wait_for
 
 
 @pytest.fixture
@@ -143,6 +143,7 @@ def test_cli_rotate_prints_no_secret(tmp_path: Path) -> None:
     def cli(*args: str) -> str:
         return run_cli(*args, data_dir=data, timeout=60, stderr=True)
 
+    new_hub_dir(data)
     before = json.loads(cli("creds", "device", "AI-CLI002", "--json"))
     old_secret = (data / SECRET_FILE).read_text().strip()
     out = cli("creds", "rotate", "--grace", "1.5")

@@ -27,7 +27,7 @@ from pi_server.security.roles import RUNTIME_ROLE
 from picofleet.credentials import HUB_USER, OPERATOR_USER, SECRET_FILE, FleetKeys
 from picofleet.pgembed import PASSWORD_FILE
 from picofleet.topics import Kind, Topics
-from tests.helpers import CLI, Client, free_port, run_cli, startup_body
+from tests.helpers import CLI, Client, free_port, new_hub_dir, run_cli, startup_body
 
 DEV, INTRUDER = "AI-LOGS001", "AI-LOGS002"
 T = Topics("picofleet")
@@ -159,6 +159,7 @@ def test_key_files_are_private_whatever_the_umask(data_dir: Path) -> None:
     def cli(*args: str) -> str:
         return run_cli(*args, data_dir=data_dir, timeout=60, umask=0)
 
+    new_hub_dir(data_dir, umask=0)
     op = json.loads(cli("creds", "operator", "--json"))
     secret_file = data_dir / SECRET_FILE
     assert mode(secret_file) == 0o600
