@@ -32,6 +32,7 @@ from broker.policy import Policy
 from picofleet import logs
 from picofleet.credentials import HUB_USER, OPERATOR_USER
 from picofleet.files import replace_file
+from picofleet.settings import MQTT_MAX_PACKET_BYTES
 
 _ITERATIONS = 101  # mosquitto_passwd's default for $7$
 
@@ -54,6 +55,7 @@ def write_config(
     bind: str,
     port: int,
     renewed: Iterable[str] = (),
+    max_packet: int = MQTT_MAX_PACKET_BYTES,
 ) -> Path:
     """Write mosquitto.conf, passwd and acl into ``directory``; returns the conf path.
 
@@ -92,7 +94,8 @@ autosave_on_changes false
 max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages 1000
-max_packet_size 1048576
+# A client announcing a bigger packet is disconnected before its body is read.
+max_packet_size {max_packet}
 log_dest stderr
 log_type error
 log_type warning

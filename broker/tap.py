@@ -33,6 +33,7 @@ from broker import amqtt_plugin
 from broker.embedded import LISTENER, FleetBroker, amqtt_config
 from broker.policy import Policy
 from picofleet import logs
+from picofleet.settings import MQTT_MAX_PACKET_BYTES
 from picofleet.topics import INBOUND_KINDS, Kind
 
 _CONNECT, _CONNACK, _PUBLISH, _PUBACK = 1, 2, 3, 4
@@ -73,6 +74,7 @@ class Connection:
         self.stream_reader = reader
         self.stream_writer = writer
         self.username: str | None = None
+        self.connects = 0
         self.authenticated = False
         self.closed = False
         self.held: dict[int, int] = {}  # packet id -> commits still owed
@@ -186,6 +188,11 @@ class TapWriter(WriterAdapter):
     def get_ssl_info(self) -> Any:
         return None
 
+    def abort(self) -> None:
+        """Drop the connection at once (a protocol violation: broker.embedded.PacketGuard)."""
+        self.conn.closed = True
+        self.conn.stream_writer.transport.abort()
+
     async def close(self) -> None:
         self.conn.closed = True
         self.conn.stream_writer.close()
@@ -194,10 +201,19 @@ class TapWriter(WriterAdapter):
 class Tap:
     """The embedded broker with ingest tapped off its inbound stream (a bridge ``Source``)."""
 
-    def __init__(self, *, policy: Policy, bind: str, port: int, buffer_max: int = 20000) -> None:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        bind: str,
+        port: int,
+        buffer_max: int = 20000,
+        max_packet: int = MQTT_MAX_PACKET_BYTES,
+    ) -> None:
         self.policy = policy
         self.bind, self.port = bind, port
         self.buffer_max = buffer_max
+        self.max_packet = max_packet
         self._buf: deque[Inbound] = deque()
         self._conns: dict[int, Connection] = {}
         self._space = asyncio.Condition()
@@ -263,6 +279,13 @@ class Tap:
     # -- tapping ------------------------------------------------------------------------------
     async def on_packet(self, conn: Connection, ptype: int, flags: int, body: bytes) -> None:
         if ptype == _CONNECT:
+            conn.connects += 1
+            if conn.connects > 1:
+                # The broker's PacketGuard cuts a second CONNECT before it is read whole; were
+                # one ever to arrive here, it names nobody and ends the connection.
+                conn.username, conn.authenticated = None, False
+                conn.stream_writer.transport.abort()
+                return
             try:
                 conn.username = connect_username(body)
             except (struct.error, IndexError):
@@ -311,7 +334,9 @@ class Tap:
             raise RuntimeError("Tap is already running")
         amqtt_plugin.register(self._name, self.policy)
         self._broker = FleetBroker(
-            amqtt_config(external=True, policy_name=self._name), policy=self.policy
+            amqtt_config(external=True, policy_name=self._name),
+            policy=self.policy,
+            max_packet=self.max_packet,
         )
         await self._broker.start()
         self._server = await asyncio.start_server(self._on_connection, self.bind, self.port)

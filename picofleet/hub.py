@@ -245,6 +245,7 @@ async def run_hub(
                         bind=settings.mqtt_bind,
                         port=settings.mqtt_port,
                         renewed=await renewed_devices(settings, pool, keys),
+                        max_packet=settings.mqtt_max_packet_bytes,
                     )
 
                 active, policy.blocked = await db.device_access(pool)
@@ -270,6 +271,7 @@ async def run_hub(
                     bind=settings.mqtt_bind,
                     port=settings.mqtt_port,
                     buffer_max=settings.buffer_max_messages,
+                    max_packet=settings.mqtt_max_packet_bytes,
                 )
                 await stack.enter_async_context(tap)
         else:

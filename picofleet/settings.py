@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Largest MQTT packet a broker accepts, counted as Mosquitto counts for max_packet_size
+# (remaining length + 1); a client announcing more is disconnected before its body is read.
+MQTT_MAX_PACKET_BYTES = 1024 * 1024
+
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx"}
 
 
@@ -44,6 +48,7 @@ class Settings(BaseSettings):
     max_clock_drift_s: int = 3600
 
     max_payload_bytes: int = 256 * 1024
+    mqtt_max_packet_bytes: int = Field(default=MQTT_MAX_PACKET_BYTES, ge=20)
     max_items_per_message: int = 1000
     stored_payload_bytes: int = 64 * 1024
     batch_max_messages: int = 1000

@@ -23,7 +23,7 @@ from broker import mosquitto
 from broker.policy import Policy
 from picofleet import db, logs
 from picofleet.hub import grace_state, renewed_devices, sync_device_access
-from picofleet.settings import Settings
+from picofleet.settings import MQTT_MAX_PACKET_BYTES, Settings
 
 
 @dataclass
@@ -36,6 +36,7 @@ class BrokerFiles:
     port: int
     extra: frozenset[str] = frozenset()  # admitted besides the database's (--device)
     owner: tuple[int, int] | None = None  # chown to the broker's uid:gid
+    max_packet: int = MQTT_MAX_PACKET_BYTES  # settings.mqtt_max_packet_bytes
 
     def write(self, active: set[str], renewed: frozenset[str] = frozenset()) -> set[str]:
         """Write the files for ``active`` devices; returns the devices admitted."""
@@ -47,6 +48,7 @@ class BrokerFiles:
             bind=self.bind,
             port=self.port,
             renewed=renewed,
+            max_packet=self.max_packet,
         )
         if self.owner is not None:
             for path in (self.out, conf, self.out / "passwd", self.out / "acl"):

@@ -246,6 +246,7 @@ def broker_config(
         port=port,
         extra=extra,
         owner=ids,
+        max_packet=settings.mqtt_max_packet_bytes,
     )
 
     if url is None:
