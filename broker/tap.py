@@ -11,6 +11,9 @@ reader/writer adapters:
                     Tap buffer --take()--> bridge --commit--> ack() releases the PUBACK
     device <--TCP-- TapWriter <--PUBACK held until released-- amqtt
 
+QoS 2 works the same way: the PUBREC is held until the commit (a device that has its PUBREC
+never sends the PUBLISH again), so QoS 2 is honoured rather than downgraded.
+
 amqtt itself is not patched. The bridge needs no MQTT subscription, so amqtt's 5 s give-up on
 unacked outgoing messages never applies to ingest. A device that loses its connection before
 the release gets no PUBACK and sends again (raw at least once, facts deduplicated).
@@ -36,7 +39,11 @@ from picofleet import logs
 from picofleet.settings import MQTT_MAX_PACKET_BYTES
 from picofleet.topics import INBOUND_KINDS, Kind
 
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK = 1, 2, 3, 4
+_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC = 1, 2, 3, 4, 5
+# The acknowledgement that hands a message's ownership to the server, per QoS: PUBACK, and
+# PUBREC (after it a QoS 2 sender resends only PUBREL, never the PUBLISH). Both wait for
+# the commit of the message's raw record.
+_OWNING_ACK = {1: _PUBACK, 2: _PUBREC}
 _INBOUND = (*INBOUND_KINDS, Kind.INGEST)
 
 
@@ -62,7 +69,7 @@ def connect_username(body: bytes) -> str | None:
 
 
 class Connection:
-    """One device connection: the parsed identity and the PUBACKs held for it."""
+    """One device connection: the parsed identity and the PUBACKs (PUBRECs) held for it."""
 
     _ids = itertools.count(1)
 
@@ -168,7 +175,7 @@ class TapWriter(WriterAdapter):
     def write(self, data: bytes) -> None:
         conn = self.conn
         first = data[0] >> 4 if data else 0
-        if first == _PUBACK and len(data) == 4:
+        if first in _OWNING_ACK.values() and len(data) == 4:
             pid = (data[2] << 8) | data[3]
             if pid in conn.held:
                 conn.parked[pid] = bytes(data)
@@ -249,7 +256,7 @@ class Tap:
         n = 0
         for m in items:
             conn = self._conns.get(m.epoch)
-            if m.qos == 1 and conn is not None:
+            if m.qos in _OWNING_ACK and conn is not None:
                 conn.release(m.mid)
                 n += 1
         return n
@@ -309,7 +316,7 @@ class Tap:
             return  # amqtt drops it too
         async with self._space:
             await self._space.wait_for(lambda: len(self._buf) < self.buffer_max or conn.closed)
-        if qos == 1:
+        if qos in _OWNING_ACK:
             conn.hold(pid)
         self._buf.append(Inbound(topic, bytes(body[at:]), pid, qos, conn.id, time.time()))
         self._wakeup.set()
