@@ -180,8 +180,16 @@ class _HttpServer(uvicorn.Server):
 
 
 async def _serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Event) -> None:
+    from pi_server.header_timeout import header_timeout_protocol
+
     config = uvicorn.Config(
-        app, host=settings.http_bind, port=port, log_config=None, access_log=False, lifespan="off"
+        app,
+        host=settings.http_bind,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http=header_timeout_protocol(settings.http_header_timeout_s),
     )
     server = _HttpServer(config)
     task = asyncio.create_task(server.serve(), name="hub[http].serve")

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mqtt_port: int = 1883
     http_bind: str = "0.0.0.0"
     http_port: int = 8000
+    # A request's headers must be complete this long after the connection opens (or after
+    # the previous response); slower clients are dropped (slowloris).
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
     public_host: str | None = None
     topic_prefix: str = "picofleet"
 
