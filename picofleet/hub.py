@@ -43,6 +43,7 @@ class Endpoints:
     mqtt_host: str
     mqtt_port: int
     http_port: int | None
+    operator_port: int | None = None  # where operators connect, when not mqtt_port
 
 
 async def renewed_devices(
@@ -121,7 +122,8 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
         lines.append(f"  http       http://{host}:{ep.http_port}/  (/health /ready /docs)")
     lines += [
         "  tail every topic:",
-        f"    mosquitto_sub -h {host} -p {ep.mqtt_port} -u {OPERATOR_USER} -P {op} "
+        f"    mosquitto_sub -h {host} -p {ep.operator_port or ep.mqtt_port} -u {OPERATOR_USER}"
+        f" -P {op} "
         f"-v -t '{topics.prefix}/#'",
         "  device credentials: picofleet creds device KEY",
     ]
@@ -239,6 +241,7 @@ async def run_hub(
         users_state: Callable[[], Awaitable[Hashable]] | None = None
         if embedded_broker:
             mqtt_host, mqtt_port = "127.0.0.1", settings.mqtt_port
+            session_port = mqtt_port
             policy = Policy(topics, keys, hub_client_ids=hub_client_ids(settings))
             if settings.broker == "mosquitto":
                 from broker import mosquitto
@@ -252,14 +255,21 @@ async def run_hub(
                         device_keys=active,
                         bind=settings.mqtt_bind,
                         port=settings.mqtt_port,
+                        hub_port=settings.hub_mqtt_port,
                         renewed=await renewed_devices(settings, pool, keys),
                         max_packet=settings.mqtt_max_packet_bytes,
                     )
 
                 active, policy.blocked = await db.device_access(pool)
                 managed = await stack.enter_async_context(
-                    mosquitto.ManagedMosquitto(await write_files(active), port=settings.mqtt_port)
+                    mosquitto.ManagedMosquitto(
+                        await write_files(active),
+                        port=settings.mqtt_port,
+                        hub_port=settings.hub_mqtt_port,
+                    )
                 )
+                # Devices cannot log in on the hub's own listener (broker/mosquitto.py).
+                session_port = settings.hub_mqtt_port
 
                 async def refresh_users(active: set[str]) -> None:
                     await write_files(active)
@@ -286,6 +296,7 @@ async def run_hub(
             if not settings.mqtt_url:
                 raise SystemExit("picofleet: set PICOFLEET_MQTT_URL to serve the bridge")
             mqtt_host, mqtt_port = mqtt_endpoint(settings.mqtt_url)
+            session_port = mqtt_port
 
         hub = HubContext(settings=settings, pool=pool, ingest=ingest, keys=keys)
         tasks: list[asyncio.Task[None]] = []
@@ -310,7 +321,7 @@ async def run_hub(
                 source = tap
             else:
                 source = await stack.enter_async_context(
-                    mqtt_session(settings, keys, mqtt_host, mqtt_port)
+                    mqtt_session(settings, keys, mqtt_host, session_port)
                 )
             source.publish(topics.hub_status, b'{"state":"online"}', qos=1, retain=True)
             hub.bridge = Bridge(ingest=ingest, session=source)
@@ -326,7 +337,7 @@ async def run_hub(
                     _serve_http(app, settings, http_port, stop), name="hub[http].loop"
                 )
             )
-        ep = Endpoints(url, mqtt_host, mqtt_port, http_port)
+        ep = Endpoints(url, mqtt_host, mqtt_port, http_port, operator_port=session_port)
         if embedded_broker:
             print(banner(settings, keys, ep), file=sys.stderr, flush=True)  # noqa: T201
         log.info("hub.ready", roles=sorted(roles), mqtt_port=mqtt_port, http_port=http_port)

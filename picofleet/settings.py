@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     broker: Literal["amqtt", "mosquitto"] = "amqtt"
     mqtt_bind: str = "0.0.0.0"
     mqtt_port: int = 1883
+    # Mosquitto only: the listener for the hub and operators, which devices cannot log in to
+    # (devices use mqtt_port, where the client id is the username). None: mqtt_port + 1.
+    mqtt_hub_port: int | None = None
     http_bind: str = "0.0.0.0"
     http_port: int = 8000
     # A request's headers must be complete this long after the connection opens (or after
@@ -83,6 +86,13 @@ class Settings(BaseSettings):
         if not v or any(c in v for c in "+#"):
             raise ValueError("topic_prefix must be a non-empty topic level without wildcards")
         return v
+
+    @property
+    def hub_mqtt_port(self) -> int:
+        """The port the hub and operators use on this host's broker."""
+        if self.broker != "mosquitto":
+            return self.mqtt_port
+        return self.mqtt_hub_port or self.mqtt_port + 1
 
     @property
     def data_path(self) -> Path:
