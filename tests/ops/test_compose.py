@@ -643,6 +643,7 @@ async def test_broker_config_writes_files_mosquitto_accepts(
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
     users = {line.split(":", 1)[0] for line in passwd.read_text().splitlines()}
     assert users == {"AI-ABCDE1", "7", "bench-1"}
+    assert stat.S_IMODE((out / "passwd-hub").stat().st_mode) == 0o600
     staff = {line.split(":", 1)[0] for line in (out / "passwd-hub").read_text().splitlines()}
     assert staff == {HUB_USER, OPERATOR_USER}
 
