@@ -129,8 +129,8 @@ def subscriber(port: int, expect: int) -> tuple[threading.Event, list[float]]:
     return done, stamps
 
 
-async def broker_alone(port: int, n: int) -> float:
-    done, stamps = subscriber(port, n)
+async def broker_alone(port: int, n: int, hub_port: int | None = None) -> float:
+    done, stamps = subscriber(hub_port or port, n)
     t0 = time.perf_counter()
     await publish(port, n)
     await asyncio.to_thread(done.wait, 120)
@@ -269,11 +269,11 @@ async def wait_log(path: Path, marker: str, limit_s: float = 60) -> None:
 
 
 async def picofleet_path(
-    kind: str, pg: EmbeddedPostgres, port: int, n: int, workdir: Path
+    kind: str, pg: EmbeddedPostgres, port: int, n: int, workdir: Path, hub_port: int | None = None
 ) -> dict[str, float]:
     url = await new_db(pg)
     http_port = free_port()
-    env = hub_env(url, port, http_port)
+    env = hub_env(url, hub_port or port, http_port)
     if kind == "mosquitto":
         cmd = [sys.executable, "-m", "picofleet", "serve", "bridge", "--data-dir", str(workdir)]
     else:
@@ -319,11 +319,11 @@ async def picofleet_path(
         proc.wait(30)
 
 
-async def naive_path(pg: EmbeddedPostgres, port: int, n: int) -> float:
+async def naive_path(pg: EmbeddedPostgres, port: int, n: int, hub_port: int | None = None) -> float:
     url = await new_db(pg)
     here = Path(__file__).resolve().parent
     proc = subprocess.Popen(
-        [sys.executable, str(here / "naive_bridge.py"), str(port), url, SECRET],
+        [sys.executable, str(here / "naive_bridge.py"), str(hub_port or port), url, SECRET],
         env=dict(os.environ, PYTHONPATH=str(here.parent)),
     )
     try:
@@ -351,13 +351,21 @@ async def run(broker: str, n: int, naive_n: int) -> dict[str, Any]:
             port = free_port()
             policy = Policy(Topics(), KEYS)
             if broker == "mosquitto":
+                hub_port = free_port()  # the hub's listener; devices publish on port
                 conf = mosquitto.write_config(
-                    work / "mosq", policy, device_keys=DEVICES, bind="127.0.0.1", port=port
+                    work / "mosq",
+                    policy,
+                    device_keys=DEVICES,
+                    bind="127.0.0.1",
+                    port=port,
+                    hub_port=hub_port,
                 )
-                async with mosquitto.ManagedMosquitto(conf, port=port):
-                    out["a_broker_alone_msg_s"] = await broker_alone(port, n)
-                    out["c_picofleet"] = await picofleet_path("mosquitto", pg, port, n, work)
-                    out["d_naive_msg_s"] = await naive_path(pg, port, naive_n)
+                async with mosquitto.ManagedMosquitto(conf, port=port, hub_port=hub_port):
+                    out["a_broker_alone_msg_s"] = await broker_alone(port, n, hub_port)
+                    out["c_picofleet"] = await picofleet_path(
+                        "mosquitto", pg, port, n, work, hub_port
+                    )
+                    out["d_naive_msg_s"] = await naive_path(pg, port, naive_n, hub_port)
             else:
                 here = Path(__file__).resolve().parent
                 proc = subprocess.Popen(

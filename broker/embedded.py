@@ -7,6 +7,11 @@
   (l. 565-580) takes over a connected one, all before ``_authenticate`` (l. 559) has judged
   the newcomer. We read the CONNECT first, authenticate it and check its client id, refuse
   with a CONNACK before amqtt looks the id up, and replay the same bytes to amqtt otherwise.
+* amqtt reads any length a client announces (a 200 MiB PUBLISH is buffered whole) and logs a
+  second CONNECT on an open connection, then goes on reading what follows it. ``PacketGuard``
+  sits under every reader amqtt (and the Tap) gets and cuts the connection as soon as a
+  fixed header announces a packet over the limit, or a second CONNECT begins: not one byte
+  after that is handed on, so nothing after it is acted on.
 * on every connect (l. 601-602) amqtt replays the retained messages matching *every*
   client's filters to the newcomer, and ``_publish_retained_messages_for_subscription``
   (l. 1134-1154) sends retained messages without the RECEIVE check that live broadcasts get
@@ -32,8 +37,10 @@ from amqtt.session import Session
 from broker import amqtt_plugin
 from broker.policy import Policy
 from picofleet import logs
+from picofleet.settings import MQTT_MAX_PACKET_BYTES
 
 LISTENER = "default"
+_CONNECT = 1
 
 
 def amqtt_config(
@@ -94,6 +101,81 @@ class _Replay(ReaderAdapter):
         self.inner.feed_eof()
 
 
+class ProtocolViolation(ConnectionResetError):
+    """The client broke the protocol; amqtt sees the connection end (NoDataError) and closes."""
+
+
+class PacketGuard(ReaderAdapter):
+    """Follows the packet framing of the bytes amqtt reads, and refuses to hand on
+
+    * a second CONNECT (MQTT 3.1.1 §3.1, MQTT-3.1.0-2: a protocol violation, disconnect), and
+    * a packet longer than ``max_packet`` bytes, once its fixed header says so (before any of
+      its body is read, so nothing of it is buffered).
+
+    amqtt reads a fixed header one byte at a time, so the guard judges each header byte before
+    amqtt (or the Tap under it, which acts on whole packets only) has seen the packet. After a
+    violation every read fails and the transport is aborted.
+    """
+
+    def __init__(
+        self, inner: ReaderAdapter, writer: WriterAdapter, *, max_packet: int, log: Any
+    ) -> None:
+        self.inner, self.writer = inner, writer
+        self.max_packet = max_packet
+        self._log = log
+        self._connects = 0
+        self._header = bytearray()  # the fixed header read so far
+        self._body_left = 0
+        self.violation: str | None = None
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.violation is not None:
+            raise ProtocolViolation(self.violation)
+        data = await self.inner.read(n)
+        at = 0
+        while at < len(data):
+            if self._body_left:
+                step = min(self._body_left, len(data) - at)
+                self._body_left -= step
+                at += step
+                continue
+            self._header_byte(data[at])
+            at += 1
+        return data
+
+    def _header_byte(self, b: int) -> None:
+        head = self._header
+        head.append(b)
+        if len(head) == 1:
+            if b >> 4 == _CONNECT:
+                self._connects += 1
+                if self._connects > 1:
+                    self._violate("second CONNECT on an open connection (MQTT-3.1.0-2)")
+            return
+        if b & 0x80:
+            if len(head) > 4:  # at most 4 remaining-length bytes (MQTT 3.1.1 §2.2.3)
+                self._violate("malformed remaining length")
+            return
+        remaining = sum((c & 0x7F) << (7 * i) for i, c in enumerate(head[1:]))
+        # Counted as Mosquitto counts for max_packet_size (remaining length + 1), so one
+        # setting means the same on both brokers.
+        if remaining + 1 > self.max_packet:
+            self._violate(f"packet of {remaining + 1} bytes over {self.max_packet}")
+        self._body_left = remaining
+        head.clear()
+
+    def _violate(self, why: str) -> None:
+        self.violation = why
+        self._log.warning("broker.protocol_violation", reason=why, peer=self.writer.get_peer_info())
+        abort = getattr(self.writer, "abort", None)
+        if abort is not None:
+            abort()
+        raise ProtocolViolation(why)
+
+    def feed_eof(self) -> None:
+        self.inner.feed_eof()
+
+
 class FleetBroker(Broker):
     """amqtt's broker that authenticates before touching sessions and filters retained replay."""
 
@@ -101,10 +183,20 @@ class FleetBroker(Broker):
     # (amqtt has no such limit); this is how long it gets.
     connect_timeout_s: float = 10.0
 
-    def __init__(self, config: dict[str, Any], *, policy: Policy) -> None:
+    def __init__(
+        self, config: dict[str, Any], *, policy: Policy, max_packet: int = MQTT_MAX_PACKET_BYTES
+    ) -> None:
         super().__init__(config)
         self.policy = policy
+        self.max_packet = max_packet
         self._log = logs.get("broker.embedded")
+
+    async def _client_connected(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        # Everything amqtt reads from this connection, the CONNECT included, passes the guard.
+        guard = PacketGuard(reader, writer, max_packet=self.max_packet, log=self._log)
+        await super()._client_connected(listener_name, guard, writer)
 
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
@@ -192,10 +284,18 @@ class FleetBroker(Broker):
 class EmbeddedBroker:
     """Async context manager: the broker listens on entry and shuts down on exit."""
 
-    def __init__(self, *, policy: Policy, bind: str = "0.0.0.0", port: int = 1883) -> None:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        bind: str = "0.0.0.0",
+        port: int = 1883,
+        max_packet: int = MQTT_MAX_PACKET_BYTES,
+    ) -> None:
         self.policy = policy
         self.bind = bind
         self.port = port
+        self.max_packet = max_packet
         self._name = f"policy-{uuid.uuid4().hex[:8]}"
         self._broker: FleetBroker | None = None
 
@@ -211,6 +311,7 @@ class EmbeddedBroker:
         self._broker = FleetBroker(
             amqtt_config(bind=self.bind, port=self.port, policy_name=self._name),
             policy=self.policy,
+            max_packet=self.max_packet,
         )
         await self._broker.start()
         return self

@@ -11,6 +11,9 @@ reader/writer adapters:
                     Tap buffer --take()--> bridge --commit--> ack() releases the PUBACK
     device <--TCP-- TapWriter <--PUBACK held until released-- amqtt
 
+QoS 2 works the same way: the PUBREC is held until the commit (a device that has its PUBREC
+never sends the PUBLISH again), so QoS 2 is honoured rather than downgraded.
+
 amqtt itself is not patched. The bridge needs no MQTT subscription, so amqtt's 5 s give-up on
 unacked outgoing messages never applies to ingest. A device that loses its connection before
 the release gets no PUBACK and sends again (raw at least once, facts deduplicated).
@@ -33,9 +36,14 @@ from broker import amqtt_plugin
 from broker.embedded import LISTENER, FleetBroker, amqtt_config
 from broker.policy import Policy
 from picofleet import logs
+from picofleet.settings import MQTT_MAX_PACKET_BYTES
 from picofleet.topics import INBOUND_KINDS, Kind
 
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK = 1, 2, 3, 4
+_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC = 1, 2, 3, 4, 5
+# The acknowledgement that hands a message's ownership to the server, per QoS: PUBACK, and
+# PUBREC (after it a QoS 2 sender resends only PUBREL, never the PUBLISH). Both wait for
+# the commit of the message's raw record.
+_OWNING_ACK = {1: _PUBACK, 2: _PUBREC}
 _INBOUND = (*INBOUND_KINDS, Kind.INGEST)
 
 
@@ -61,7 +69,7 @@ def connect_username(body: bytes) -> str | None:
 
 
 class Connection:
-    """One device connection: the parsed identity and the PUBACKs held for it."""
+    """One device connection: the parsed identity and the PUBACKs (PUBRECs) held for it."""
 
     _ids = itertools.count(1)
 
@@ -73,6 +81,7 @@ class Connection:
         self.stream_reader = reader
         self.stream_writer = writer
         self.username: str | None = None
+        self.connects = 0
         self.authenticated = False
         self.closed = False
         self.held: dict[int, int] = {}  # packet id -> commits still owed
@@ -166,7 +175,7 @@ class TapWriter(WriterAdapter):
     def write(self, data: bytes) -> None:
         conn = self.conn
         first = data[0] >> 4 if data else 0
-        if first == _PUBACK and len(data) == 4:
+        if first in _OWNING_ACK.values() and len(data) == 4:
             pid = (data[2] << 8) | data[3]
             if pid in conn.held:
                 conn.parked[pid] = bytes(data)
@@ -186,6 +195,11 @@ class TapWriter(WriterAdapter):
     def get_ssl_info(self) -> Any:
         return None
 
+    def abort(self) -> None:
+        """Drop the connection at once (a protocol violation: broker.embedded.PacketGuard)."""
+        self.conn.closed = True
+        self.conn.stream_writer.transport.abort()
+
     async def close(self) -> None:
         self.conn.closed = True
         self.conn.stream_writer.close()
@@ -194,10 +208,19 @@ class TapWriter(WriterAdapter):
 class Tap:
     """The embedded broker with ingest tapped off its inbound stream (a bridge ``Source``)."""
 
-    def __init__(self, *, policy: Policy, bind: str, port: int, buffer_max: int = 20000) -> None:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        bind: str,
+        port: int,
+        buffer_max: int = 20000,
+        max_packet: int = MQTT_MAX_PACKET_BYTES,
+    ) -> None:
         self.policy = policy
         self.bind, self.port = bind, port
         self.buffer_max = buffer_max
+        self.max_packet = max_packet
         self._buf: deque[Inbound] = deque()
         self._conns: dict[int, Connection] = {}
         self._space = asyncio.Condition()
@@ -233,7 +256,7 @@ class Tap:
         n = 0
         for m in items:
             conn = self._conns.get(m.epoch)
-            if m.qos == 1 and conn is not None:
+            if m.qos in _OWNING_ACK and conn is not None:
                 conn.release(m.mid)
                 n += 1
         return n
@@ -263,6 +286,13 @@ class Tap:
     # -- tapping ------------------------------------------------------------------------------
     async def on_packet(self, conn: Connection, ptype: int, flags: int, body: bytes) -> None:
         if ptype == _CONNECT:
+            conn.connects += 1
+            if conn.connects > 1:
+                # The broker's PacketGuard cuts a second CONNECT before it is read whole; were
+                # one ever to arrive here, it names nobody and ends the connection.
+                conn.username, conn.authenticated = None, False
+                conn.stream_writer.transport.abort()
+                return
             try:
                 conn.username = connect_username(body)
             except (struct.error, IndexError):
@@ -286,7 +316,7 @@ class Tap:
             return  # amqtt drops it too
         async with self._space:
             await self._space.wait_for(lambda: len(self._buf) < self.buffer_max or conn.closed)
-        if qos == 1:
+        if qos in _OWNING_ACK:
             conn.hold(pid)
         self._buf.append(Inbound(topic, bytes(body[at:]), pid, qos, conn.id, time.time()))
         self._wakeup.set()
@@ -311,7 +341,9 @@ class Tap:
             raise RuntimeError("Tap is already running")
         amqtt_plugin.register(self._name, self.policy)
         self._broker = FleetBroker(
-            amqtt_config(external=True, policy_name=self._name), policy=self.policy
+            amqtt_config(external=True, policy_name=self._name),
+            policy=self.policy,
+            max_packet=self.max_packet,
         )
         await self._broker.start()
         self._server = await asyncio.start_server(self._on_connection, self.bind, self.port)

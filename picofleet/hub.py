@@ -43,6 +43,7 @@ class Endpoints:
     mqtt_host: str
     mqtt_port: int
     http_port: int | None
+    operator_port: int | None = None  # where operators connect, when not mqtt_port
 
 
 async def renewed_devices(
@@ -123,7 +124,8 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
         lines.append(f"  public     {public_url(settings)}  (devices, artifact URLs)")
     lines += [
         "  tail every topic:",
-        f"    mosquitto_sub -h {host} -p {ep.mqtt_port} -u {OPERATOR_USER} -P {op} "
+        f"    mosquitto_sub -h {host} -p {ep.operator_port or ep.mqtt_port} -u {OPERATOR_USER}"
+        f" -P {op} "
         f"-v -t '{topics.prefix}/#'",
         "  device credentials: picofleet creds device KEY",
     ]
@@ -182,8 +184,16 @@ class _HttpServer(uvicorn.Server):
 
 
 async def _serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Event) -> None:
+    from pi_server.header_timeout import header_timeout_protocol
+
     config = uvicorn.Config(
-        app, host=settings.http_bind, port=port, log_config=None, access_log=False, lifespan="off"
+        app,
+        host=settings.http_bind,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http=header_timeout_protocol(settings.http_header_timeout_s),
     )
     server = _HttpServer(config)
     task = asyncio.create_task(server.serve(), name="hub[http].serve")
@@ -233,6 +243,7 @@ async def run_hub(
         users_state: Callable[[], Awaitable[Hashable]] | None = None
         if embedded_broker:
             mqtt_host, mqtt_port = "127.0.0.1", settings.mqtt_port
+            session_port = mqtt_port
             policy = Policy(topics, keys, hub_client_ids=hub_client_ids(settings))
             if settings.broker == "mosquitto":
                 from broker import mosquitto
@@ -246,13 +257,21 @@ async def run_hub(
                         device_keys=active,
                         bind=settings.mqtt_bind,
                         port=settings.mqtt_port,
+                        hub_port=settings.hub_mqtt_port,
                         renewed=await renewed_devices(settings, pool, keys),
+                        max_packet=settings.mqtt_max_packet_bytes,
                     )
 
                 active, policy.blocked = await db.device_access(pool)
                 managed = await stack.enter_async_context(
-                    mosquitto.ManagedMosquitto(await write_files(active), port=settings.mqtt_port)
+                    mosquitto.ManagedMosquitto(
+                        await write_files(active),
+                        port=settings.mqtt_port,
+                        hub_port=settings.hub_mqtt_port,
+                    )
                 )
+                # Devices cannot log in on the hub's own listener (broker/mosquitto.py).
+                session_port = settings.hub_mqtt_port
 
                 async def refresh_users(active: set[str]) -> None:
                     await write_files(active)
@@ -272,12 +291,14 @@ async def run_hub(
                     bind=settings.mqtt_bind,
                     port=settings.mqtt_port,
                     buffer_max=settings.buffer_max_messages,
+                    max_packet=settings.mqtt_max_packet_bytes,
                 )
                 await stack.enter_async_context(tap)
         else:
             if not settings.mqtt_url:
                 raise SystemExit("picofleet: set PICOFLEET_MQTT_URL to serve the bridge")
             mqtt_host, mqtt_port = mqtt_endpoint(settings.mqtt_url)
+            session_port = mqtt_port
 
         hub = HubContext(settings=settings, pool=pool, ingest=ingest, keys=keys)
         tasks: list[asyncio.Task[None]] = []
@@ -302,7 +323,7 @@ async def run_hub(
                 source = tap
             else:
                 source = await stack.enter_async_context(
-                    mqtt_session(settings, keys, mqtt_host, mqtt_port)
+                    mqtt_session(settings, keys, mqtt_host, session_port)
                 )
             source.publish(topics.hub_status, b'{"state":"online"}', qos=1, retain=True)
             hub.bridge = Bridge(ingest=ingest, session=source)
@@ -318,7 +339,7 @@ async def run_hub(
                     _serve_http(app, settings, http_port, stop), name="hub[http].loop"
                 )
             )
-        ep = Endpoints(url, mqtt_host, mqtt_port, http_port)
+        ep = Endpoints(url, mqtt_host, mqtt_port, http_port, operator_port=session_port)
         if embedded_broker:
             from picofleet.endpoints import record
 

@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Largest MQTT packet a broker accepts, counted as Mosquitto counts for max_packet_size
+# (remaining length + 1); a client announcing more is disconnected before its body is read.
+MQTT_MAX_PACKET_BYTES = 1024 * 1024
+
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx"}
 
 
@@ -33,8 +37,14 @@ class Settings(BaseSettings):
     broker: Literal["amqtt", "mosquitto"] = "amqtt"
     mqtt_bind: str = "0.0.0.0"
     mqtt_port: int = 1883
+    # Mosquitto only: the listener for the hub and operators, which devices cannot log in to
+    # (devices use mqtt_port, where the client id is the username). None: mqtt_port + 1.
+    mqtt_hub_port: int | None = None
     http_bind: str = "0.0.0.0"
     http_port: int = 8000
+    # A request's headers must be complete this long after the connection opens (or after
+    # the previous response); slower clients are dropped (slowloris).
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
     public_host: str | None = None
     # Base URL devices fetch artifacts from [http://<public_host or LAN address>:<http_port>].
     public_url: str | None = None
@@ -48,6 +58,7 @@ class Settings(BaseSettings):
     max_clock_drift_s: int = 3600
 
     max_payload_bytes: int = 256 * 1024
+    mqtt_max_packet_bytes: int = Field(default=MQTT_MAX_PACKET_BYTES, ge=20)
     max_items_per_message: int = 1000
     stored_payload_bytes: int = 64 * 1024
     batch_max_messages: int = 1000
@@ -79,6 +90,13 @@ class Settings(BaseSettings):
         if not v or any(c in v for c in "+#"):
             raise ValueError("topic_prefix must be a non-empty topic level without wildcards")
         return v
+
+    @property
+    def hub_mqtt_port(self) -> int:
+        """The port the hub and operators use on this host's broker."""
+        if self.broker != "mosquitto":
+            return self.mqtt_port
+        return self.mqtt_hub_port or self.mqtt_port + 1
 
     @property
     def data_path(self) -> Path:

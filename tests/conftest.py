@@ -107,6 +107,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         database_url=db_url,
         provision_secret=SecretStr(SECRET),
         mqtt_port=free_port(),
+        mqtt_hub_port=free_port(),
         http_port=free_port(),
         topic_prefix="picofleet",
         mqtt_bind="127.0.0.1",
@@ -145,11 +146,19 @@ async def mosquitto_factory(tmp_path: Path, policy: Policy) -> AsyncIterator[Any
     stack = contextlib.AsyncExitStack()
 
     async def start(device_keys: list[str], port: int | None = None) -> Any:
-        port = port or free_port()
+        """Devices connect to ``.port``, the hub and operators to ``.hub_port``."""
+        port, hub_port = port or free_port(), free_port()
         conf = mosquitto.write_config(
-            tmp_path / f"mosq-{port}", policy, device_keys=device_keys, bind="127.0.0.1", port=port
+            tmp_path / f"mosq-{port}",
+            policy,
+            device_keys=device_keys,
+            bind="127.0.0.1",
+            port=port,
+            hub_port=hub_port,
         )
-        return await stack.enter_async_context(mosquitto.ManagedMosquitto(conf, port=port))
+        return await stack.enter_async_context(
+            mosquitto.ManagedMosquitto(conf, port=port, hub_port=hub_port)
+        )
 
     async with stack:
         yield start

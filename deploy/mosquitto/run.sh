@@ -4,7 +4,7 @@
 #
 # usage: run.sh DIR [INTERVAL]
 #   DIR       where mosquitto.conf, passwd and acl are (written by `broker config --watch`)
-#   INTERVAL  seconds between looks at passwd and acl [2]
+#   INTERVAL  seconds between looks at passwd, passwd-hub and acl [2]
 #
 # POSIX sh and busybox only: it runs in the eclipse-mosquitto image (compose.yaml). It waits
 # for the first mosquitto.conf, and ends with Mosquitto's own exit status. SIGTERM/SIGINT are
@@ -18,7 +18,7 @@ while [ ! -s "$dir/mosquitto.conf" ]; do
 done
 
 # Checksums, not mtimes: a rewrite within the same second must still count as a change.
-fingerprint() { cat "$dir/passwd" "$dir/acl" 2>/dev/null | md5sum; }
+fingerprint() { cat "$dir/passwd" "$dir/passwd-hub" "$dir/acl" 2>/dev/null | md5sum; }
 
 last="$(fingerprint)"
 mosquitto -c "$dir/mosquitto.conf" &

@@ -23,19 +23,21 @@ from broker import mosquitto
 from broker.policy import Policy
 from picofleet import db, logs
 from picofleet.hub import grace_state, renewed_devices, sync_device_access
-from picofleet.settings import Settings
+from picofleet.settings import MQTT_MAX_PACKET_BYTES, Settings
 
 
 @dataclass
 class BrokerFiles:
-    """mosquitto.conf, passwd and acl in ``out`` for the devices admitted."""
+    """mosquitto.conf, passwd, passwd-hub and acl in ``out`` for the devices admitted."""
 
     out: Path
     policy: Policy
     bind: str
-    port: int
+    port: int  # devices' listener
+    hub_port: int  # the hub's and operators' listener
     extra: frozenset[str] = frozenset()  # admitted besides the database's (--device)
     owner: tuple[int, int] | None = None  # chown to the broker's uid:gid
+    max_packet: int = MQTT_MAX_PACKET_BYTES  # settings.mqtt_max_packet_bytes
 
     def write(self, active: set[str], renewed: frozenset[str] = frozenset()) -> set[str]:
         """Write the files for ``active`` devices; returns the devices admitted."""
@@ -46,10 +48,12 @@ class BrokerFiles:
             device_keys=keys,
             bind=self.bind,
             port=self.port,
+            hub_port=self.hub_port,
             renewed=renewed,
+            max_packet=self.max_packet,
         )
         if self.owner is not None:
-            for path in (self.out, conf, self.out / "passwd", self.out / "acl"):
+            for path in (self.out, conf, *(self.out / f for f in ("passwd", "passwd-hub", "acl"))):
                 os.chown(path, *self.owner)
         return keys - self.policy.blocked
 

@@ -42,7 +42,8 @@ def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
             return mqtt_endpoint(settings.mqtt_url)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    return local_host(settings.mqtt_bind), settings.mqtt_port
+    # operators use the hub's own listener (on Mosquitto, beside the devices' one)
+    return local_host(settings.mqtt_bind), settings.hub_mqtt_port
 
 
 def tail(
@@ -187,8 +188,11 @@ def smoke(
 
 def broker_config(
     out: Annotated[Path, typer.Option("--out", help="Directory for mosquitto.conf, passwd, acl.")],
-    port: Annotated[int, typer.Option(help="Listener port.")] = 1883,
+    port: Annotated[int, typer.Option(help="Devices' listener port.")] = 1883,
     bind: Annotated[str, typer.Option(help="Listener address.")] = "0.0.0.0",
+    hub_port: Annotated[
+        int | None, typer.Option(help="The hub's and operators' listener port [port + 1].")
+    ] = None,
     device: Annotated[
         list[str] | None, typer.Option("--device", help="Device key to admit (repeatable).")
     ] = None,
@@ -240,8 +244,10 @@ def broker_config(
         policy=Policy(Topics(settings.topic_prefix), keys),
         bind=bind,
         port=port,
+        hub_port=hub_port or port + 1,
         extra=extra,
         owner=ids,
+        max_packet=settings.mqtt_max_packet_bytes,
     )
 
     if url is None:

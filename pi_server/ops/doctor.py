@@ -91,7 +91,7 @@ def target_for(
     elif settings.mqtt_url:
         host, port = mqtt_endpoint(settings.mqtt_url)
     else:
-        host, port = "127.0.0.1", settings.mqtt_port
+        host, port = "127.0.0.1", settings.hub_mqtt_port  # hub and operator credentials
     return Target(
         settings=settings,
         mqtt_host=host,

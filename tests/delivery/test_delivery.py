@@ -55,7 +55,7 @@ async def test_kill9_bridge_mid_stream_mosquitto(
 ) -> None:
     mosq = await mosquitto_factory(DEVICES)
     client_id = f"bridge-{uuid.uuid4().hex[:6]}"
-    proc = bridge_process(db_url, mosq.port, str(tmp_path), client_id)
+    proc = bridge_process(db_url, mosq.hub_port, str(tmp_path), client_id)
     await asyncio.to_thread(wait_bridge_ready, str(tmp_path), client_id)
     stream = Stream()
     pub = asyncio.create_task(publish_stream(mosq.port, keys, PER_DEVICE, stream))
@@ -65,7 +65,7 @@ async def test_kill9_bridge_mid_stream_mosquitto(
         killed_at = (await fact_counts(pool))[0]
         assert killed_at < 10_000, "the crash should land mid-stream"
         await asyncio.sleep(1)
-        proc = bridge_process(db_url, mosq.port, str(tmp_path), client_id)
+        proc = bridge_process(db_url, mosq.hub_port, str(tmp_path), client_id)
         await pub
         await wait_facts(pool, 10_000)
         await asyncio.sleep(1)
@@ -97,7 +97,7 @@ async def test_postgres_outage_mid_stream(
         embedded = broker == "amqtt"
         if not embedded:
             mosq = await mosquitto_factory(DEVICES)
-            s = s.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.port}"})
+            s = s.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.hub_port}"})
         mqtt_port = s.mqtt_port if embedded else mosq.port
         async with in_process_bridge(s, embedded=embedded):
             stream = Stream()
@@ -137,11 +137,16 @@ async def test_mosquitto_restart_mid_stream(
     tmp_path: Path,
 ) -> None:
     need(mosquitto_available(), "mosquitto")
-    port = free_port()
+    port, hub_port = free_port(), free_port()
     conf = mosquitto.write_config(
-        tmp_path / "mosq", policy, device_keys=DEVICES, bind="127.0.0.1", port=port
+        tmp_path / "mosq",
+        policy,
+        device_keys=DEVICES,
+        bind="127.0.0.1",
+        port=port,
+        hub_port=hub_port,
     )
-    s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{port}"})
+    s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{hub_port}"})
     # Devices with a persistent session keep unacked messages across the restart (paho).
     clients = []
     acked: set[tuple[int, int]] = set()
@@ -195,7 +200,10 @@ async def test_two_replicas_share_one_subscription(
 ) -> None:
     mosq = await mosquitto_factory(DEVICES)
     base = settings.model_copy(
-        update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.port}", "shared_subscription": "picofleet"}
+        update={
+            "mqtt_url": f"mqtt://127.0.0.1:{mosq.hub_port}",
+            "shared_subscription": "picofleet",
+        }
     )
     a = base.model_copy(update={"bridge_client_id": f"bridge-a-{uuid.uuid4().hex[:4]}"})
     b = base.model_copy(update={"bridge_client_id": f"bridge-b-{uuid.uuid4().hex[:4]}"})

@@ -107,7 +107,7 @@ async def test_serve_bridge_against_mosquitto(
     topics = Topics(settings.topic_prefix)
     msgs, exp = scenario.build(keys, topics, seed=11)
     mosq = await mosquitto_factory(scenario.publishers(msgs))
-    s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.port}"})
+    s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.hub_port}"})
     async with bridge_role(s):
         await asyncio.to_thread(publish_all, mosq.port, keys, msgs)
         await check_outcome(pool, exp)

@@ -340,7 +340,8 @@ def test_hub_services_get_what_serve_needs() -> None:
         if mqtt:
             parts = urlsplit(mqtt)
             assert parts.hostname in svcs, f"{name}: {mqtt} names no service"
-            assert (parts.port or 1883) == 1883  # the port `broker config` writes by default
+            # The hub's listener `broker config` writes by default (devices' port + 1).
+            assert parts.port == 1884
 
 
 def test_env_file_is_gitignored_and_only_the_example_is_committed() -> None:
@@ -641,7 +642,10 @@ async def test_broker_config_writes_files_mosquitto_accepts(
     passwd = out / "passwd"
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
     users = {line.split(":", 1)[0] for line in passwd.read_text().splitlines()}
-    assert users == {HUB_USER, OPERATOR_USER, "AI-ABCDE1", "7", "bench-1"}
+    assert users == {"AI-ABCDE1", "7", "bench-1"}
+    assert stat.S_IMODE((out / "passwd-hub").stat().st_mode) == 0o600
+    staff = {line.split(":", 1)[0] for line in (out / "passwd-hub").read_text().splitlines()}
+    assert staff == {HUB_USER, OPERATOR_USER}
 
     async with mosquitto.ManagedMosquitto(out / "mosquitto.conf", port=port):
         good = keys.device_password("AI-ABCDE1")
@@ -660,7 +664,7 @@ async def test_broker_config_writes_files_mosquitto_accepts(
 
         # The ACL generated from the device table: a numeric (legacy) sender may use the
         # ingest topic. tests/security/test_broker_matrix.py covers the rest of the policy.
-        op = Client(port, OPERATOR_USER, keys.role_password(OPERATOR_USER))
+        op = Client(port + 1, OPERATOR_USER, keys.role_password(OPERATOR_USER))
         dev = Client(port, "AI-ABCDE1", good)
         legacy = Client(port, "7", keys.device_password("7"))
         for c in (op, dev, legacy):

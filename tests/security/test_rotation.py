@@ -222,8 +222,8 @@ async def test_grace_on_a_managed_mosquitto(
         assert await connects(port, a, old.device_password(a))
         assert not await connects(port, a, new.device_password(a))
         assert await connects(port, c, old.device_password(c))
-        assert await connects(port, HUB_USER, new.role_password(HUB_USER))
-        assert not await connects(port, OPERATOR_USER, old.role_password(OPERATOR_USER))
+        assert await connects(s.hub_mqtt_port, HUB_USER, new.role_password(HUB_USER))
+        assert not await connects(s.hub_mqtt_port, OPERATOR_USER, old.role_password(OPERATOR_USER))
 
         # A device first seen after the rotation never held the old secret.
         await pool.execute("INSERT INTO device (device_key) VALUES ($1)", b)
