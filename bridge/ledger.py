@@ -257,10 +257,11 @@ class Ledger:
         order = sorted(claims, key=lambda c: (c[0] or "", c[1]))
         rows = await conn.fetch(Q_AUTHORITY, [s or "" for s, _ in order], [k for _, k in order])
         denied: dict[tuple[str | None, str], str] = {}
-        for (sender, key), r in zip(order, rows, strict=True):
-            why = self._denied(sender, key, r["firmware"], r["granted"])
+        for r in rows:
+            sender = r["sender"] or None  # "" stands for an anonymous sender in the query
+            why = self._denied(sender, r["key"], r["firmware"], r["granted"])
             if why is not None:
-                denied[(sender, key)] = why
+                denied[(sender, r["key"])] = why
         if not denied:
             return
         for m in batch:
