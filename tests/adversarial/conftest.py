@@ -19,6 +19,7 @@ from picofleet.settings import Settings
 from picofleet.sim.mqttlite import connect_packet, publish_packet
 from picofleet.topics import Topics
 from tests.conftest import RunningHub, running_hub
+from tests.faults import TcpProxy
 from tests.helpers import wait_for
 
 BROKERS = ["amqtt", "mosquitto"]
@@ -66,6 +67,32 @@ def hub_on(settings: Settings, mosquitto_factory: Any) -> HubFactory:
             yield Hub(running, broker, mosq.port)
 
     return start
+
+
+class AckLossProxy(TcpProxy):
+    """Between the bridge and Mosquitto: while ``mute`` is set, the bridge's bytes (its
+    PUBACKs) never reach the broker, as on a link that fails after the commit; ``cut`` then
+    makes the bridge reconnect, and the broker redelivers what it never saw acknowledged."""
+
+    mute = False
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection(*self.target)
+        except OSError:
+            w.close()
+            return
+        self._conns.update((w, uw))
+        await asyncio.gather(self._upstream(r, uw), self._pipe(ur, w))
+        self._conns.difference_update((w, uw))
+
+    async def _upstream(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while data := await r.read(65536):
+                if not self.mute:
+                    w.write(data)
+                    await w.drain()
+        w.close()
 
 
 class RawDevice:

@@ -10,16 +10,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 import asyncpg
 import pytest
 
+from picofleet.settings import Settings
 from picofleet.topics import Kind
 from tests.adversarial.conftest import (
     BROKERS,
+    AckLossProxy,
     Counts,
+    Hub,
     HubFactory,
     RawDevice,
     counts,
@@ -27,6 +32,7 @@ from tests.adversarial.conftest import (
     raw_device,
     wait_raw,
 )
+from tests.conftest import running_hub
 
 N = 100
 LEGACY = "3"
@@ -176,3 +182,38 @@ async def test_identical_readings_in_one_envelope(hub_on: HubFactory, pool: asyn
             dev.send(topic, json.dumps(same).encode(), 1)
             await dev.wait_acked({1})
         assert await wait_raw(pool, 4) == Counts(4, 5, 2, {"duplicate_item": 2})
+
+
+async def test_untimed_redelivery_to_the_bridge_after_its_reconnect(
+    settings: Settings, mosquitto_factory: Any, pool: asyncpg.Pool
+) -> None:
+    """Mosquitto redelivers to the bridge's persistent session what the bridge stored but
+    whose PUBACK never arrived (the bridge-side half of at-least-once)."""
+    mosq = await mosquitto_factory([LEGACY])
+    async with AckLossProxy("127.0.0.1", mosq.port) as proxy:
+        s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{proxy.port}"})
+        async with running_hub(s, embedded_broker=False) as running:
+            hub = Hub(running, "mosquitto", mosq.port)
+            proxy.mute = True
+            async with raw_device(hub, LEGACY) as dev:
+                for pid in range(1, N + 1):
+                    dev.send(hub.topics.ingest, legacy_event(pid), pid)
+                await dev.wait_acked(set(range(1, N + 1)))  # Mosquitto's own PUBACKs
+            assert await wait_raw(pool, N) == Counts(N, N, 0, {})
+            await proxy.cut()  # the bridge's PUBACKs are lost with the connection
+            proxy.mute = False
+            await proxy.start()
+            assert await wait_raw(pool, 2 * N) == Counts(2 * N, N, 0, {})
+
+
+async def test_concurrent_untimed_copies_are_one_fact(
+    hub_on: HubFactory, pool: asyncpg.Pool
+) -> None:
+    """Copies committed at the same moment by different connections (a sender retrying
+    in parallel, or two hub replicas) still take one first time."""
+    async with hub_on("amqtt", []) as hub:
+        body = [json.loads(legacy_event(i)) for i in range(10)]
+        results = await asyncio.gather(*(post(hub, body) for _ in range(8)))
+        statuses = Counter(r["status"] for res in results for r in res)
+        assert statuses == {"ok": 10, "duplicate": 70}
+        assert await counts(pool) == Counts(80, 10, 0, {})
