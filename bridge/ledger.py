@@ -97,7 +97,9 @@ SELECT u.sender, u.key,
        EXISTS (SELECT 1 FROM device d WHERE d.device_key = u.key AND d.serial IS NOT NULL)
            AS firmware,
        EXISTS (SELECT 1 FROM ingest_grant g WHERE g.sender = u.sender AND g.device_key = u.key)
-           AS granted
+           AS granted,
+       EXISTS (SELECT 1 FROM device s WHERE s.device_key = u.sender AND s.blocked)
+           AS sender_blocked
 FROM unnest($1::text[], $2::text[]) AS u(sender, key)
 """
 Q_INSERT_ERRORS = """
@@ -238,15 +240,17 @@ class Ledger:
                 m.startup = None
                 m.reject(Code.STARTUP_AUTH_ERROR, "nonce already used (replayed startup)")
 
-    def _denied(self, sender: str | None, key: str, firmware: bool, granted: bool) -> str | None:
+    def _denied(self, sender: str | None, key: str, r: asyncpg.Record) -> str | None:
         """Why ``sender`` may not speak for ``key`` on the shared ingest, or None."""
-        if firmware:
+        if r["firmware"]:
             return f"device {key!r} runs picofleet firmware: it is written only on its own topic"
         if sender is None:
             if self.rules.anonymous_legacy:
                 return None
             return "anonymous senders may not write devices (ingest_anonymous_legacy is off)"
-        if sender in (key, HUB_USER) or granted:
+        if r["sender_blocked"]:  # HTTP credentials stay valid; the broker refuses the login
+            return f"sender {sender!r} is blocked"
+        if sender in (key, HUB_USER) or r["granted"]:
             return None
         return f"sender {sender!r} may not speak for device {key!r} (no ingest_grant)"
 
@@ -259,7 +263,7 @@ class Ledger:
         denied: dict[tuple[str | None, str], str] = {}
         for r in rows:
             sender = r["sender"] or None  # "" stands for an anonymous sender in the query
-            why = self._denied(sender, r["key"], r["firmware"], r["granted"])
+            why = self._denied(sender, r["key"], r)
             if why is not None:
                 denied[(sender, r["key"])] = why
         if not denied:

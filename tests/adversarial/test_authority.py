@@ -136,6 +136,16 @@ async def test_http_sender_credentials_and_firmware_devices(
         bad = [event(int(LEGACY), 30, TS)]
         assert [r["status"] for r in await post(hub, bad, auth=wrong)] == ["unauthorized"]
         assert await counts(pool) == Counts(7, 2, 4, {"sender_not_authorized": 4})
+        # A blocked sender loses its grants too (its HTTP credentials are still valid).
+        await pool.execute(
+            "INSERT INTO ingest_grant (sender, device_key) VALUES ($1, $2)", LEGACY, GRANTED
+        )
+        granted = [event(int(GRANTED), 40, TS)]
+        assert [r["status"] for r in await post(hub, granted, auth=own)] == ["ok"]
+        await pool.execute("UPDATE device SET blocked = true WHERE device_key = $1", LEGACY)
+        again = [event(int(GRANTED), 41, TS)]
+        assert [r["status"] for r in await post(hub, again, auth=own)] == ["unauthorized"]
+        assert await counts(pool) == Counts(9, 3, 5, {"sender_not_authorized": 5})
 
 
 async def test_anonymous_legacy_contract_can_be_switched_off(
