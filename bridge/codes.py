@@ -24,7 +24,17 @@ class Code(StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"
     # The database refused the message's data (not an outage): its raw bytes are kept.
     STORE_REFUSED = "store_refused"
+    # The sender may not speak for this device (README, "Who may write for which device").
+    SENDER_NOT_AUTHORIZED = "sender_not_authorized"
+    # A seq (and reading index) already stored with other content; the first one stands.
+    SEQ_CONFLICT = "seq_conflict"
+    # An item equal to an earlier item of the same message (no seq to tell them apart).
+    DUPLICATE_ITEM = "duplicate_item"
 
 
 # What POST /ingest reports for a message whose first error has this code.
-UNAUTHORIZED_CODES = frozenset({Code.STARTUP_AUTH_ERROR, Code.DEVICE_MISMATCH, Code.BLOCKED_DEVICE})
+UNAUTHORIZED_CODES = frozenset(
+    {Code.STARTUP_AUTH_ERROR, Code.DEVICE_MISMATCH, Code.BLOCKED_DEVICE, Code.SENDER_NOT_AUTHORIZED}
+)
+# Codes that explain a dropped copy without making the message itself invalid.
+NOTE_CODES = frozenset({Code.DUPLICATE_ITEM})

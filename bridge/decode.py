@@ -7,6 +7,7 @@ transaction. Nothing raised here escapes: any input gives a ``Message``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class Fact:
     time: float
     value: float
     seq: int | None
+    # No device time: ``time`` is the receive time until the ledger gives it the time of
+    # the first copy of the same bytes (see ``Message.digest``).
+    untimed: bool = False
 
 
 @dataclass(slots=True)
@@ -81,12 +85,24 @@ class Message:
     errors: list[Rejection] = field(default_factory=list)
     startup: Startup | None = None
     status: dict[str, Any] | None = None
+    # Who sent it, when the transport says so (the MQTT login on the embedded broker, HTTP
+    # credentials on /ingest); None when anonymous or not known (Mosquitto's subscribers).
+    sender: str | None = None
+    # sha256 of topic and exact payload, set when a fact has no device time: the identity of
+    # a message that carries neither time nor seq.
+    digest: bytes | None = None
     # Filled in by the writer:
     raw_id: int = 0
     processed_ids: list[int] = field(default_factory=list)
 
     def reject(self, code: Code, detail: str, idx: int = 0) -> None:
         self.errors.append(Rejection(idx, code, detail))
+
+    def refuse(self, code: Code, detail: str) -> None:
+        """Keep only the raw record: no facts, startup or status; one coded error."""
+        self.facts, self.startup, self.status = [], None, None
+        self.errors.clear()
+        self.reject(code, detail)
 
 
 def _reject_constant(name: str) -> None:
@@ -156,7 +172,13 @@ class Decoder:
 
     # -- entry points ----------------------------------------------------------------------
     def decode(
-        self, topic: str, payload: bytes, *, received_at: float, source: str = "mqtt"
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        received_at: float,
+        source: str = "mqtt",
+        sender: str | None = None,
     ) -> Message:
         size = len(payload)
         msg = Message(
@@ -165,6 +187,7 @@ class Decoder:
             received_at=received_at,
             payload=payload[: self.limits.stored_payload_bytes],
             payload_size=size,
+            sender=sender,
         )
         try:
             self._decode(msg, payload)
@@ -173,7 +196,15 @@ class Decoder:
             msg.reject(Code.VALIDATION_ERROR, f"internal decoder error: {type(exc).__name__}")
         return msg
 
-    def decode_value(self, topic: str, value: Any, *, received_at: float, source: str) -> Message:
+    def decode_value(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        received_at: float,
+        source: str,
+        sender: str | None = None,
+    ) -> Message:
         """Decode an already-parsed JSON value (one item of an HTTP array)."""
         try:
             raw = json.dumps(
@@ -181,7 +212,7 @@ class Decoder:
             ).encode()
         except (TypeError, ValueError, RecursionError):  # NaN, lone surrogates: not JSON
             raw = repr(value)[:1024].encode("utf-8", "backslashreplace")  # -> invalid_json
-        return self.decode(topic, raw, received_at=received_at, source=source)
+        return self.decode(topic, raw, received_at=received_at, source=source, sender=sender)
 
     # -- internals ---------------------------------------------------------------------------
     def _decode(self, msg: Message, payload: bytes) -> None:
@@ -208,6 +239,9 @@ class Decoder:
             return
         if parsed.kind in (Kind.TELEMETRY, Kind.INGEST):
             self._telemetry(msg, body)
+            self._drop_repeats(msg)
+            if any(f.untimed for f in msg.facts):
+                msg.digest = hashlib.sha256(msg.topic.encode() + b"\0" + payload).digest()
         elif parsed.kind is Kind.STARTUP:
             self._startup(msg, body)
         elif parsed.kind in (Kind.STATUS, Kind.OTA_STATUS):
@@ -241,6 +275,35 @@ class Decoder:
         # A message on a device's topic carries one device; remember it for the raw ledger.
         if msg.device_key is None and msg.facts:
             msg.device_key = msg.facts[0].device_key
+
+    @staticmethod
+    def _drop_repeats(msg: Message) -> None:
+        """Equal items (device, type, time, value) in one message without a seq are one fact:
+        the later ones are coded, not silently lost to the event key."""
+        first: dict[tuple[str, int, float, float], int] = {}
+        kept = []
+        for f in msg.facts:
+            if f.seq is not None:  # a seq and index identify each reading on their own
+                kept.append(f)
+                continue
+            at = first.setdefault((f.device_key, f.type_id, f.time, f.value), f.idx)
+            if at == f.idx:
+                kept.append(f)
+            else:
+                msg.reject(Code.DUPLICATE_ITEM, f"same reading as item {at}", f.idx)
+        msg.facts = kept
+
+    def _legacy_only(self, msg: Message, key: str, idx: int) -> bool:
+        """The shared ingest topic and POST /ingest carry legacy numeric devices only: a
+        firmware (serial) device is written only on its own topic."""
+        if msg.kind is not Kind.INGEST or key.isdigit():
+            return True
+        msg.reject(
+            Code.SENDER_NOT_AUTHORIZED,
+            f"device {key!r} is written only on its own topic, not on the shared ingest",
+            idx,
+        )
+        return False
 
     def _timestamp(self, value: Any, msg: Message, idx: int) -> float | None:
         if value is None:
@@ -307,13 +370,16 @@ class Decoder:
                 idx,
             )
             return
+        if not self._legacy_only(msg, key, idx):
+            return
         rt = self._check_value(msg, item.get("event_type"), item.get("value"), idx)
         if rt is None:
             return
         ts = self._timestamp(item.get("timestamp"), msg, idx)
         if ts is None:
             return
-        msg.facts.append(Fact(idx, key, rt.id, ts, float(item["value"]), None))
+        untimed = item.get("timestamp") is None
+        msg.facts.append(Fact(idx, key, rt.id, ts, float(item["value"]), None, untimed))
 
     def _envelope(self, msg: Message, body: dict[str, Any]) -> None:
         if msg.device_key is None:
@@ -322,6 +388,8 @@ class Decoder:
                 msg.reject(Code.VALIDATION_ERROR, "an envelope on ingest needs a device key")
                 return
             msg.device_key = dev
+            if not self._legacy_only(msg, dev, 0):
+                return
         elif "device" in body and body["device"] != msg.device_key:
             msg.reject(Code.DEVICE_MISMATCH, "envelope device differs from the topic's device")
             return
@@ -351,13 +419,14 @@ class Decoder:
             rt = self._check_value(msg, r.get("type"), r.get("value"), idx)
             if rt is None:
                 continue
-            rts = ts
+            rts, untimed = ts, body.get("ts") is None
             if "ts" in r:
                 got = self._timestamp(r["ts"], msg, idx)
                 if got is None:
                     continue
-                rts = got
-            msg.facts.append(Fact(idx, msg.device_key, rt.id, rts, float(r["value"]), seq))
+                rts, untimed = got, r["ts"] is None
+            value = float(r["value"])
+            msg.facts.append(Fact(idx, msg.device_key, rt.id, rts, value, seq, untimed))
 
     def _startup(self, msg: Message, body: Any) -> None:
         if not isinstance(body, dict):

@@ -38,6 +38,7 @@ class Inbound:
     qos: int
     epoch: int
     received_at: float
+    sender: str | None = None  # the publisher's login, where the broker tells us (the tap)
 
 
 class MqttSession:

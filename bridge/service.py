@@ -21,7 +21,7 @@ import asyncpg
 
 from bridge.codes import Code
 from bridge.decode import Decoder, Limits, Message
-from bridge.ledger import Ledger, load_record_types
+from bridge.ledger import Ledger, Rules, load_record_types
 from bridge.metrics import IngestMetrics
 from bridge.mqtt import Inbound
 from bridge.source import Source
@@ -53,6 +53,13 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
+def rules_from(settings: Settings) -> Rules:
+    return Rules(
+        untimed_window_s=float(settings.untimed_dedupe_window_s),
+        anonymous_legacy=settings.ingest_anonymous_legacy,
+    )
+
+
 def backoff(attempt: int, *, base: float = 0.2, cap: float = 10.0) -> float:
     """Capped exponential backoff with full jitter."""
     return random.uniform(0, min(cap, base * 2**attempt))
@@ -65,7 +72,7 @@ class Ingest:
         self.settings = settings
         self.pool = pool
         self.topics = Topics(settings.topic_prefix)
-        self.ledger = Ledger(pool)
+        self.ledger = Ledger(pool, rules_from(settings))
         self.decoder = Decoder(
             topics=self.topics, keys=keys, record_types={}, limits=limits_from(settings)
         )
@@ -147,7 +154,10 @@ class Bridge:
 
     def _builds(self, items: Sequence[Inbound]) -> list[Build]:
         dec = self.ingest.decoder
-        return [partial(dec.decode, i.topic, i.payload, received_at=i.received_at) for i in items]
+        return [
+            partial(dec.decode, i.topic, i.payload, received_at=i.received_at, sender=i.sender)
+            for i in items
+        ]
 
     async def run(self) -> None:
         """Drain until stop(); the last batch is committed and acked before returning."""

@@ -318,7 +318,9 @@ class Tap:
             await self._space.wait_for(lambda: len(self._buf) < self.buffer_max or conn.closed)
         if qos in _OWNING_ACK:
             conn.hold(pid)
-        self._buf.append(Inbound(topic, bytes(body[at:]), pid, qos, conn.id, time.time()))
+        self._buf.append(
+            Inbound(topic, bytes(body[at:]), pid, qos, conn.id, time.time(), conn.username)
+        )
         self._wakeup.set()
 
     async def _on_connection(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -13,14 +15,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
 import picofleet
-from bridge.decode import parse_json
+from bridge.codes import Code
+from bridge.decode import Message, parse_json
 from bridge.ledger import outcome
 from bridge.service import Bridge, Build, Ingest
 from pi_server.docs import install_docs
 from pi_server.release.info import build_info
 from pi_server.security.limits import BodySizeLimit, RefuseNul, body_limit
-from picofleet.credentials import FleetKeys
+from picofleet.credentials import HUB_USER, FleetKeys
 from picofleet.settings import Settings
+from picofleet.topics import valid_device_key
 
 
 @dataclass
@@ -37,6 +41,27 @@ class IngestResult(BaseModel):
     raw_id: int
     processed_id: int | None
     status: str
+
+
+def ingest_sender(authorization: str | None, keys: FleetKeys) -> tuple[str | None, bool]:
+    """Who posts to /ingest: (None, True) when anonymous; (user, ok) for HTTP Basic
+    credentials, which are the sender's MQTT login (device key and derived password)."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None, True  # no credentials (or another scheme): the older senders' contract
+    try:
+        user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None, False
+    if not (valid_device_key(user) or user == HUB_USER):
+        return None, False
+    return user, keys.check_password(user, password)
+
+
+def _refused(build: Build) -> Message:
+    msg = build()
+    msg.refuse(Code.SENDER_NOT_AUTHORIZED, "the sender's credentials do not match")
+    return msg
 
 
 def create_app(hub: HubContext) -> FastAPI:
@@ -82,14 +107,21 @@ def create_app(hub: HubContext) -> FastAPI:
             except ValueError:
                 body = None
         dec = ing.decoder
+        sender, trusted = ingest_sender(request.headers.get("authorization"), hub.keys)
         builds: list[Build]
         if isinstance(body, list) and 0 < len(body) <= hub.settings.max_items_per_message:
             builds = [
-                partial(dec.decode_value, topic, item, received_at=now, source="http")
+                partial(
+                    dec.decode_value, topic, item, received_at=now, source="http", sender=sender
+                )
                 for item in body
             ]
         else:
-            builds = [partial(dec.decode, topic, raw, received_at=now, source="http")]
+            builds = [
+                partial(dec.decode, topic, raw, received_at=now, source="http", sender=sender)
+            ]
+        if not trusted:
+            builds = [partial(_refused, b) for b in builds]
         msgs = await ing.store(builds)
         results = [
             IngestResult(

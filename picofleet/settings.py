@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     legacy_token_enabled: bool = True
     token_window_s: int = 300
     max_clock_drift_s: int = 3600
+    # Copies of a message with neither device time nor seq within this window are one.
+    untimed_dedupe_window_s: int = 300
+    # Anonymous senders (plain POST /ingest; picofleet/ingest through Mosquitto) may write
+    # legacy numeric devices, as the older senders always did. Off: credentials required.
+    ingest_anonymous_legacy: bool = True
 
     max_payload_bytes: int = 256 * 1024
     mqtt_max_packet_bytes: int = Field(default=MQTT_MAX_PACKET_BYTES, ge=20)
