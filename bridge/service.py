@@ -2,10 +2,17 @@
 
     take batch -> decode -> one transaction (ledger) -> commit -> PUBACK -> publish rejections
 
-A failed commit is retried with capped full-jitter backoff while nothing is acked; the
-session buffer fills, the network thread stops reading, and the broker holds the rest.
-A batch the database refuses for its data (not an outage) is split into single messages so
-that one poison message is kept as raw + ``store_refused`` instead of blocking the stream.
+Every failure of a batch write is one of two things (``is_outage``):
+
+- an outage (no connection, a connection lost or left in an unknown state, a server that is
+  shutting down or out of resources): retried with capped full-jitter backoff while nothing
+  is acked; the session buffer fills, the network thread stops reading, and the broker holds
+  the rest;
+- a refusal of the data (any other error): the batch is split into single messages so that
+  one poison message is kept as raw + ``store_refused`` instead of blocking the stream.
+
+A batch in hand when the bridge task dies of anything else is kept and handled first when
+the hub's supervisor restarts the task, so its messages are neither lost nor acked unstored.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from bridge.source import Source
 from picofleet import logs
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
-from picofleet.topics import Topics
+from picofleet.topics import Kind, Topics
 
 _RECORD_TYPE_REFRESH_S = 30.0
 # SQLSTATE classes of an unavailable database (connection, rollback, resources, operator
@@ -40,6 +47,25 @@ Build = Callable[[], Message]
 
 def is_transient(exc: asyncpg.PostgresError) -> bool:
     return (exc.sqlstate or "XX")[:2] in _TRANSIENT_SQLSTATE
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when a write failed because the database is unavailable (retry the same batch
+    later), False when it refused this data (isolate the culprit)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return is_transient(exc)
+    if isinstance(exc, asyncpg.DataError):  # a value asyncpg cannot encode: the data's fault
+        return False
+    # asyncpg.InternalClientError covers a protocol left mid-operation by a lost connection
+    # ("cannot switch to state ..."); InterfaceError a closed or released connection.
+    return isinstance(
+        exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    )
+
+
+def _why(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return str(sqlstate) if sqlstate else type(exc).__name__
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -107,24 +133,24 @@ class Ingest:
         try:
             await self.commit(batch)
             return batch
-        except asyncpg.PostgresError as exc:
-            if is_transient(exc):
+        except Exception as exc:
+            if is_outage(exc):
                 raise
             self._log.error(
-                "ingest.batch_refused", sqlstate=exc.sqlstate, error=str(exc)[:200], n=len(batch)
+                "ingest.batch_refused", reason=_why(exc), error=str(exc)[:200], n=len(batch)
             )
         out = []
         for build in builds:
             msg = build()
             try:
                 await self.commit([msg])
-            except asyncpg.PostgresError as exc:
-                if is_transient(exc):
+            except Exception as exc:
+                if is_outage(exc):
                     raise
                 msg = build()
                 msg.body, msg.facts, msg.startup, msg.status = None, [], None, None
                 msg.errors.clear()
-                msg.reject(Code.STORE_REFUSED, f"database refused the data ({exc.sqlstate})")
+                msg.reject(Code.STORE_REFUSED, f"database refused the data ({_why(exc)})")
                 await self.commit([msg])
             out.append(msg)
         return out
@@ -137,6 +163,8 @@ class Bridge:
         self.settings = ingest.settings
         self._log = logs.get("bridge")
         self._stopping = asyncio.Event()
+        # The batch being handled; still set if the task died with it (see run()).
+        self._in_hand: list[Inbound] | None = None
 
     @property
     def ready(self) -> bool:
@@ -150,9 +178,15 @@ class Bridge:
         return [partial(dec.decode, i.topic, i.payload, received_at=i.received_at) for i in items]
 
     async def run(self) -> None:
-        """Drain until stop(); the last batch is committed and acked before returning."""
+        """Drain until stop(); the last batch is committed and acked before returning.
+
+        Run again after it raised (the hub's supervisor does), it first finishes the batch
+        that was in hand."""
         s = self.settings
         max_age = s.batch_max_age_ms / 1000
+        if self._in_hand:
+            self._log.warning("bridge.resume_batch", size=len(self._in_hand))
+            await asyncio.shield(self._handle(self._in_hand))
         while not self._stopping.is_set():
             take = asyncio.ensure_future(self.session.take(s.batch_max_messages, max_age))
             stop = asyncio.ensure_future(self._stopping.wait())
@@ -164,24 +198,41 @@ class Bridge:
             stop.cancel()
             items = take.result()
             if items:
+                self._in_hand = items
                 # Shielded: a cancellation must not cut a batch between commit and ack.
                 await asyncio.shield(self._handle(items))
 
+    def _replay(self, item: Inbound) -> bool:
+        """A retained message the broker sent because we subscribed: a copy of one already
+        delivered live (and stored). Only a device's status is retained by contract, and
+        applying it again is harmless; any other kind is acked and not stored again."""
+        if not item.retained:
+            return False
+        parsed = self.ingest.topics.parse(item.topic)
+        return parsed is None or parsed.kind is not Kind.STATUS
+
     async def _handle(self, items: list[Inbound]) -> None:
         self.ingest.metrics.received += len(items)
+        fresh = [i for i in items if not self._replay(i)]
+        if len(fresh) < len(items):
+            self.ingest.metrics.retained_replays += len(items) - len(fresh)
+            self._log.info("bridge.retained_replays_skipped", n=len(items) - len(fresh))
         attempt = 0
-        while True:
+        batch: list[Message] = []
+        while fresh:
             try:
                 await self.ingest.refresh_record_types(force=attempt > 0)
-                batch = await self.ingest.store(self._builds(items))
+                batch = await self.ingest.store(self._builds(fresh))
                 break
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self.ingest.db_ok = False
                 self.ingest.metrics.commit_failures += 1
                 delay = backoff(attempt)
                 self._log.warning(
                     "bridge.commit_failed",
-                    error=str(exc)[:200],
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
                     attempt=attempt,
                     retry_in=round(delay, 2),
                     batch=len(items),
@@ -189,6 +240,7 @@ class Bridge:
                 attempt += 1
                 await asyncio.sleep(delay)
         acked = self.session.ack(items)
+        self._in_hand = None
         self.ingest.metrics.lag_seconds = time.time() - items[0].received_at
         self._publish_rejections(batch)
         self._log.debug("bridge.batch", size=len(items), acked=acked)

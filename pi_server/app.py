@@ -20,6 +20,7 @@ from pi_server.release.info import build_info
 from pi_server.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
+from picofleet.supervise import Supervisor
 
 
 @dataclass
@@ -29,6 +30,7 @@ class HubContext:
     ingest: Ingest
     keys: FleetKeys
     bridge: Bridge | None = None
+    supervisor: Supervisor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,8 +63,12 @@ def create_app(hub: HubContext) -> FastAPI:
             checks["database"] = False
         if hub.bridge is not None:
             checks["broker"] = hub.bridge.session.connected
+        answer: dict[str, Any] = {"checks": checks}
+        if hub.supervisor is not None:
+            checks["tasks"] = hub.supervisor.all_up
+            answer["tasks_down"] = hub.supervisor.down()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, **answer}, status_code=200 if ok else 503)
 
     @app.post("/ingest", response_model=list[IngestResult])
     async def ingest(request: Request) -> JSONResponse:
@@ -101,6 +107,8 @@ def create_app(hub: HubContext) -> FastAPI:
     async def metrics() -> str:
         lines = hub.ingest.metrics.render()
         lines += ["# TYPE picofleet_db_up gauge", f"picofleet_db_up {int(hub.ingest.db_ok)}"]
+        if hub.supervisor is not None:
+            lines += hub.supervisor.metrics_lines()
         if hub.bridge is not None:
             s = hub.bridge.session
             lines += [

@@ -199,8 +199,10 @@ def main() -> int:
     except Exception as exc:
         from picofleet.db import MigrationError
         from picofleet.pgembed import PostgresUnavailable
+        from picofleet.supervise import HubFailed
 
-        if isinstance(exc, (PostgresUnavailable, MigrationError, OSError)):
+        # HubFailed: a task kept dying; exit non-zero so that systemd restarts the hub.
+        if isinstance(exc, (PostgresUnavailable, MigrationError, OSError, HubFailed)):
             typer.echo(f"picofleet: {exc}", err=True)
             return 1
         if isinstance(exc, (typer.Abort, KeyboardInterrupt)):
