@@ -31,11 +31,12 @@ from bridge.decode import Decoder, Limits, Message
 from bridge.ledger import Ledger, load_record_types
 from bridge.metrics import IngestMetrics
 from bridge.mqtt import Inbound
+from bridge.replay import split_replays
 from bridge.source import Source
 from picofleet import logs
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
-from picofleet.topics import Kind, Topics
+from picofleet.topics import Topics
 
 _RECORD_TYPE_REFRESH_S = 30.0
 # SQLSTATE classes of an unavailable database (connection, rollback, resources, operator
@@ -202,27 +203,14 @@ class Bridge:
                 # Shielded: a cancellation must not cut a batch between commit and ack.
                 await asyncio.shield(self._handle(items))
 
-    def _replay(self, item: Inbound) -> bool:
-        """A retained message the broker sent because we subscribed: a copy of one already
-        delivered live (and stored). Only a device's status is retained by contract, and
-        applying it again is harmless; any other kind is acked and not stored again."""
-        if not item.retained:
-            return False
-        parsed = self.ingest.topics.parse(item.topic)
-        return parsed is None or parsed.kind is not Kind.STATUS
-
     async def _handle(self, items: list[Inbound]) -> None:
         self.ingest.metrics.received += len(items)
-        fresh = [i for i in items if not self._replay(i)]
-        if len(fresh) < len(items):
-            self.ingest.metrics.retained_replays += len(items) - len(fresh)
-            self._log.info("bridge.retained_replays_skipped", n=len(items) - len(fresh))
         attempt = 0
-        batch: list[Message] = []
-        while fresh:
+        while True:
             try:
                 await self.ingest.refresh_record_types(force=attempt > 0)
-                batch = await self.ingest.store(self._builds(fresh))
+                fresh, replays = await split_replays(self.ingest.pool, self.ingest.topics, items)
+                batch = await self.ingest.store(self._builds(fresh)) if fresh else []
                 break
             except Exception as exc:
                 if not is_outage(exc):
@@ -239,6 +227,9 @@ class Bridge:
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
+        if replays:
+            self.ingest.metrics.retained_replays += replays
+            self._log.info("bridge.retained_replays_skipped", n=replays)
         acked = self.session.ack(items)
         self._in_hand = None
         self.ingest.metrics.lag_seconds = time.time() - items[0].received_at
