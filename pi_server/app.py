@@ -15,7 +15,7 @@ from pydantic import BaseModel
 import picofleet
 from bridge.decode import parse_json
 from bridge.ledger import outcome
-from bridge.service import Bridge, Build, Ingest
+from bridge.service import Bridge, Build, Ingest, is_outage
 from pi_server.release.info import build_info
 from pi_server.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.credentials import FleetKeys
@@ -92,7 +92,16 @@ def create_app(hub: HubContext) -> FastAPI:
             ]
         else:
             builds = [partial(dec.decode, topic, raw, received_at=now, source="http")]
-        msgs = await ing.store(builds)
+        try:
+            msgs = await ing.store(builds)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # The sender retries later, as a device would; what this attempt may have
+            # stored already is deduplicated then.
+            return JSONResponse(
+                {"detail": "database unavailable"}, status_code=503, headers={"Retry-After": "5"}
+            )
         results = [
             IngestResult(
                 raw_id=m.raw_id,

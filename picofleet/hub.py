@@ -168,7 +168,13 @@ async def sync_device_access(
                 await on_change(active)
                 log.info("hub.broker_users_updated", devices=len(active))
             known = state
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection left mid-operation by an outage
+        ) as exc:
             log.warning("hub.policy_sync_failed", error=str(exc)[:200])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

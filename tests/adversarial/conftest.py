@@ -19,6 +19,11 @@ async def ready_status(http_port: int) -> int:
         return (await http.get(f"http://127.0.0.1:{http_port}/ready")).status_code
 
 
+async def post_ingest_status(http_port: int, body: bytes) -> int:
+    async with httpx.AsyncClient(timeout=30) as http:
+        return (await http.post(f"http://127.0.0.1:{http_port}/ingest", content=body)).status_code
+
+
 async def metric(http_port: int, name: str) -> float | None:
     """One sample of /metrics by its exact name and labels, e.g. 'x{task="bridge"}'."""
     async with httpx.AsyncClient(timeout=10) as http:

@@ -24,7 +24,7 @@ import pytest
 from picofleet.credentials import FleetKeys
 from picofleet.pgembed import EmbeddedPostgres
 from picofleet.settings import Settings
-from tests.adversarial.conftest import PacedStream, ready_status
+from tests.adversarial.conftest import PacedStream, post_ingest_status, ready_status
 from tests.delivery.conftest import DEVICES, fact_counts, in_process_bridge
 from tests.faults import TcpProxy
 from tests.helpers import wait_for
@@ -32,6 +32,7 @@ from tests.helpers import wait_for
 OUTAGES = 20
 STALL_S = 30.0  # no progress this long after PostgreSQL is back counts as a stall
 KINDS = ("cut", "terminate", "kill")
+LEGACY = b'{"device_id": 3, "event_type": "battery_charge", "value": 50, "timestamp": 1763000000}'
 
 
 async def _facts(url: str) -> int:
@@ -101,6 +102,8 @@ async def test_outage_loop(
                     await proxy.cut()
                 outages += 1
                 assert await ready_status(s.http_port) == 503, f"outage {outages} ({kind})"
+                # The HTTP senders hear "retry later", not an internal error.
+                assert await post_ingest_status(s.http_port, LEGACY) == 503
                 await asyncio.sleep(rng.uniform(0.1, 1.5))
                 if kind == "kill":
                     await asyncio.to_thread(pg_cluster.start)
