@@ -76,7 +76,6 @@ def create_app(hub: HubContext) -> FastAPI:
         ing = hub.ingest
         now = time.time()
         topic = ing.topics.ingest
-        await ing.refresh_record_types()
         body: Any = None
         if len(raw) <= hub.settings.max_payload_bytes:
             try:
@@ -93,6 +92,7 @@ def create_app(hub: HubContext) -> FastAPI:
         else:
             builds = [partial(dec.decode, topic, raw, received_at=now, source="http")]
         try:
+            await ing.refresh_record_types()  # the builds decode with these, in store()
             msgs = await ing.store(builds)
         except Exception as exc:
             if not is_outage(exc):
