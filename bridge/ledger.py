@@ -7,12 +7,14 @@ turns a redelivered fact into a no-op inside the same statement.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
 from bridge.codes import NOTE_CODES, UNAUTHORIZED_CODES, Code
 from bridge.decode import Fact, Message, RecordType, legacy_id
@@ -128,6 +130,22 @@ WHERE d.device_key = u.key
 """
 
 
+async def _abandon(conn: asyncpg.Connection, tx: Transaction, exc: BaseException) -> None:
+    """End a failed transaction without masking ``exc``: roll back only when the server
+    refused a statement (the protocol is in step); otherwise, or if the rollback fails,
+    terminate the connection (the server rolls back when the session ends)."""
+    if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+        exc, asyncpg.PostgresConnectionError
+    ):
+        try:
+            await tx.rollback()
+            return
+        except Exception:
+            pass
+    with contextlib.suppress(asyncpg.InterfaceError):  # already detached: already gone
+        conn.terminate()
+
+
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -169,15 +187,22 @@ class Ledger:
         self._pruned_at = 0.0
 
     async def write(self, batch: Sequence[Message]) -> None:
+        """One transaction for the batch. On failure the first error propagates unmasked,
+        and a connection that may be in any state but a clean rollback is terminated, never
+        handed back to the pool."""
         if not batch:
             return
         async with self.pool.acquire() as conn:
+            pid = conn.get_server_pid()  # before anything can detach the proxy
+            tx = conn.transaction()
             try:
-                async with conn.transaction():
-                    await self.write_in(conn, batch)
-            except BaseException:
+                await tx.start()
+                await self.write_in(conn, batch)
+                await tx.commit()
+            except BaseException as exc:
                 # A rollback also undoes a scratch table created in this transaction.
-                self._scratch_ready.discard(conn.get_server_pid())
+                self._scratch_ready.discard(pid)
+                await _abandon(conn, tx, exc)
                 raise
 
     async def write_in(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:

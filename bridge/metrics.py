@@ -44,6 +44,7 @@ class IngestMetrics:
     duplicates: int = 0
     batches: int = 0
     commit_failures: int = 0
+    retained_replays: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     batch_size: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
     commit_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
@@ -59,6 +60,8 @@ class IngestMetrics:
             f"picofleet_facts_committed_total {self.facts}",
             "# TYPE picofleet_commit_failures_total counter",
             f"picofleet_commit_failures_total {self.commit_failures}",
+            "# TYPE picofleet_retained_replays_skipped_total counter",
+            f"picofleet_retained_replays_skipped_total {self.retained_replays}",
             "# TYPE picofleet_messages_rejected_total counter",
         ]
         lines += [

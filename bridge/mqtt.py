@@ -39,6 +39,9 @@ class Inbound:
     epoch: int
     received_at: float
     sender: str | None = None  # the publisher's login, where the broker tells us (the tap)
+    # The broker flagged it retained: sent because we subscribed, not because it was
+    # published now (MQTT 3.1.1, 3.3.1.3). The embedded tap never sets it.
+    retained: bool = False
 
 
 class MqttSession:
@@ -141,7 +144,15 @@ class MqttSession:
             self._log.warning("mqtt.disconnected", reason=str(rc), reconnect=True)
 
     def _on_message(self, client: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
-        item = Inbound(m.topic, bytes(m.payload), m.mid, m.qos, self._epoch, time.time())
+        item = Inbound(
+            m.topic,
+            bytes(m.payload),
+            m.mid,
+            m.qos,
+            self._epoch,
+            time.time(),
+            retained=bool(m.retain),
+        )
         with self._cond:
             while len(self._buf) >= self.buffer_max and not self._closing and self._connected:
                 self._cond.wait(0.25)  # backpressure: stop reading the socket

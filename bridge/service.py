@@ -2,10 +2,17 @@
 
     take batch -> decode -> one transaction (ledger) -> commit -> PUBACK -> publish rejections
 
-A failed commit is retried with capped full-jitter backoff while nothing is acked; the
-session buffer fills, the network thread stops reading, and the broker holds the rest.
-A batch the database refuses for its data (not an outage) is split into single messages so
-that one poison message is kept as raw + ``store_refused`` instead of blocking the stream.
+Every failure of a batch write is one of two things (``is_outage``):
+
+- an outage (no connection, a connection lost or left in an unknown state, a server that is
+  shutting down or out of resources): retried with capped full-jitter backoff while nothing
+  is acked; the session buffer fills, the network thread stops reading, and the broker holds
+  the rest;
+- a refusal of the data (any other error): the batch is split into single messages so that
+  one poison message is kept as raw + ``store_refused`` instead of blocking the stream.
+
+A batch in hand when the bridge task dies of anything else is kept and handled first when
+the hub's supervisor restarts the task, so its messages are neither lost nor acked unstored.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from bridge.decode import Decoder, Limits, Message
 from bridge.ledger import Ledger, Rules, load_record_types
 from bridge.metrics import IngestMetrics
 from bridge.mqtt import Inbound
+from bridge.replay import split_replays
 from bridge.source import Source
 from picofleet import logs
 from picofleet.credentials import FleetKeys
@@ -40,6 +48,25 @@ Build = Callable[[], Message]
 
 def is_transient(exc: asyncpg.PostgresError) -> bool:
     return (exc.sqlstate or "XX")[:2] in _TRANSIENT_SQLSTATE
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when a write failed because the database is unavailable (retry the same batch
+    later), False when it refused this data (isolate the culprit)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return is_transient(exc)
+    if isinstance(exc, asyncpg.DataError):  # a value asyncpg cannot encode: the data's fault
+        return False
+    # asyncpg.InternalClientError covers a protocol left mid-operation by a lost connection
+    # ("cannot switch to state ..."); InterfaceError a closed or released connection.
+    return isinstance(
+        exc, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    )
+
+
+def _why(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return str(sqlstate) if sqlstate else type(exc).__name__
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -114,24 +141,24 @@ class Ingest:
         try:
             await self.commit(batch)
             return batch
-        except asyncpg.PostgresError as exc:
-            if is_transient(exc):
+        except Exception as exc:
+            if is_outage(exc):
                 raise
             self._log.error(
-                "ingest.batch_refused", sqlstate=exc.sqlstate, error=str(exc)[:200], n=len(batch)
+                "ingest.batch_refused", reason=_why(exc), error=str(exc)[:200], n=len(batch)
             )
         out = []
         for build in builds:
             msg = build()
             try:
                 await self.commit([msg])
-            except asyncpg.PostgresError as exc:
-                if is_transient(exc):
+            except Exception as exc:
+                if is_outage(exc):
                     raise
                 msg = build()
                 msg.body, msg.facts, msg.startup, msg.status = None, [], None, None
                 msg.errors.clear()
-                msg.reject(Code.STORE_REFUSED, f"database refused the data ({exc.sqlstate})")
+                msg.reject(Code.STORE_REFUSED, f"database refused the data ({_why(exc)})")
                 await self.commit([msg])
             out.append(msg)
         return out
@@ -144,6 +171,8 @@ class Bridge:
         self.settings = ingest.settings
         self._log = logs.get("bridge")
         self._stopping = asyncio.Event()
+        # The batch being handled; still set if the task died with it (see run()).
+        self._in_hand: list[Inbound] | None = None
 
     @property
     def ready(self) -> bool:
@@ -160,9 +189,15 @@ class Bridge:
         ]
 
     async def run(self) -> None:
-        """Drain until stop(); the last batch is committed and acked before returning."""
+        """Drain until stop(); the last batch is committed and acked before returning.
+
+        Run again after it raised (the hub's supervisor does), it first finishes the batch
+        that was in hand."""
         s = self.settings
         max_age = s.batch_max_age_ms / 1000
+        if self._in_hand:
+            self._log.warning("bridge.resume_batch", size=len(self._in_hand))
+            await asyncio.shield(self._handle(self._in_hand))
         while not self._stopping.is_set():
             take = asyncio.ensure_future(self.session.take(s.batch_max_messages, max_age))
             stop = asyncio.ensure_future(self._stopping.wait())
@@ -174,6 +209,7 @@ class Bridge:
             stop.cancel()
             items = take.result()
             if items:
+                self._in_hand = items
                 # Shielded: a cancellation must not cut a batch between commit and ack.
                 await asyncio.shield(self._handle(items))
 
@@ -183,22 +219,29 @@ class Bridge:
         while True:
             try:
                 await self.ingest.refresh_record_types(force=attempt > 0)
-                batch = await self.ingest.store(self._builds(items))
+                fresh, replays = await split_replays(self.ingest.pool, self.ingest.topics, items)
+                batch = await self.ingest.store(self._builds(fresh)) if fresh else []
                 break
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self.ingest.db_ok = False
                 self.ingest.metrics.commit_failures += 1
                 delay = backoff(attempt)
                 self._log.warning(
                     "bridge.commit_failed",
-                    error=str(exc)[:200],
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
                     attempt=attempt,
                     retry_in=round(delay, 2),
                     batch=len(items),
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
+        if replays:
+            self.ingest.metrics.retained_replays += replays
+            self._log.info("bridge.retained_replays_skipped", n=replays)
         acked = self.session.ack(items)
+        self._in_hand = None
         self.ingest.metrics.lag_seconds = time.time() - items[0].received_at
         self._publish_rejections(batch)
         self._log.debug("bridge.batch", size=len(items), acked=acked)

@@ -319,7 +319,7 @@ class Tap:
         if qos in _OWNING_ACK:
             conn.hold(pid)
         self._buf.append(
-            Inbound(topic, bytes(body[at:]), pid, qos, conn.id, time.time(), conn.username)
+            Inbound(topic, bytes(body[at:]), pid, qos, conn.id, time.time(), sender=conn.username)
         )
         self._wakeup.set()
 

@@ -18,12 +18,13 @@ import picofleet
 from bridge.codes import Code
 from bridge.decode import Message, parse_json
 from bridge.ledger import outcome
-from bridge.service import Bridge, Build, Ingest
+from bridge.service import Bridge, Build, Ingest, is_outage
 from pi_server.docs import install_docs
 from pi_server.release.info import build_info
 from pi_server.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.credentials import HUB_USER, FleetKeys
 from picofleet.settings import Settings
+from picofleet.supervise import Supervisor
 from picofleet.topics import valid_device_key
 
 
@@ -34,6 +35,7 @@ class HubContext:
     ingest: Ingest
     keys: FleetKeys
     bridge: Bridge | None = None
+    supervisor: Supervisor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,8 +92,12 @@ def create_app(hub: HubContext) -> FastAPI:
             checks["database"] = False
         if hub.bridge is not None:
             checks["broker"] = hub.bridge.session.connected
+        answer: dict[str, Any] = {"checks": checks}
+        if hub.supervisor is not None:
+            checks["tasks"] = hub.supervisor.all_up
+            answer["tasks_down"] = hub.supervisor.down()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, **answer}, status_code=200 if ok else 503)
 
     @app.post("/ingest", response_model=list[IngestResult])
     async def ingest(request: Request) -> JSONResponse:
@@ -99,7 +105,6 @@ def create_app(hub: HubContext) -> FastAPI:
         ing = hub.ingest
         now = time.time()
         topic = ing.topics.ingest
-        await ing.refresh_record_types()
         body: Any = None
         if len(raw) <= hub.settings.max_payload_bytes:
             try:
@@ -122,7 +127,17 @@ def create_app(hub: HubContext) -> FastAPI:
             ]
         if not trusted:
             builds = [partial(_refused, b) for b in builds]
-        msgs = await ing.store(builds)
+        try:
+            await ing.refresh_record_types()  # the builds decode with these, in store()
+            msgs = await ing.store(builds)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # The sender retries later, as a device would; what this attempt may have
+            # stored already is deduplicated then.
+            return JSONResponse(
+                {"detail": "database unavailable"}, status_code=503, headers={"Retry-After": "5"}
+            )
         results = [
             IngestResult(
                 raw_id=m.raw_id,
@@ -137,6 +152,8 @@ def create_app(hub: HubContext) -> FastAPI:
     async def metrics() -> str:
         lines = hub.ingest.metrics.render()
         lines += ["# TYPE picofleet_db_up gauge", f"picofleet_db_up {int(hub.ingest.db_ok)}"]
+        if hub.supervisor is not None:
+            lines += hub.supervisor.metrics_lines()
         if hub.bridge is not None:
             s = hub.bridge.session
             lines += [

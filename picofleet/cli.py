@@ -227,8 +227,10 @@ def main() -> int:
         from picofleet.db import MigrationError
         from picofleet.endpoints import NoHub
         from picofleet.pgembed import PostgresUnavailable
+        from picofleet.supervise import HubFailed
 
-        if isinstance(exc, (PostgresUnavailable, MigrationError, NoHub, OSError)):
+        # HubFailed: a task kept dying; exit non-zero so that systemd restarts the hub.
+        if isinstance(exc, (PostgresUnavailable, MigrationError, NoHub, OSError, HubFailed)):
             typer.echo(f"picofleet: {exc}", err=True)
             return 1
         if isinstance(exc, (typer.Abort, KeyboardInterrupt)):

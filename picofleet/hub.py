@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import asyncpg
@@ -31,6 +33,7 @@ from picofleet.credentials import (
     read_rotation,
 )
 from picofleet.settings import Settings, mqtt_endpoint
+from picofleet.supervise import Supervisor
 from picofleet.topics import Topics
 
 DRAIN_SECONDS = 10.0
@@ -169,7 +172,13 @@ async def sync_device_access(
                 await on_change(active)
                 log.info("hub.broker_users_updated", devices=len(active))
             known = state
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection left mid-operation by an outage
+        ) as exc:
             log.warning("hub.policy_sync_failed", error=str(exc)[:200])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
@@ -202,6 +211,26 @@ async def _serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Eve
     await task
 
 
+def _reattaching(
+    module: ModuleType, i: int, first: Coroutine[Any, Any, None], hub: Any, stop: asyncio.Event
+) -> Callable[[], Awaitable[None]]:
+    """The i-th loop of an extension as a restartable task: the first run is the coroutine
+    ``attach`` gave; a restart attaches the module again and runs its i-th loop only."""
+    given = [first]
+
+    async def run() -> None:
+        if given:
+            await given.pop()
+            return
+        loops = await module.attach(hub, stop)
+        for j, other in enumerate(loops):
+            if j != i:
+                other.close()  # never started: only the i-th loop is restarted
+        await loops[i]
+
+    return run
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -211,7 +240,9 @@ async def run_hub(
     ready: asyncio.Event | None = None,
     handle_signals: bool = True,
 ) -> None:
-    """Run the given roles ('bridge', 'http') with or without the embedded broker."""
+    """Run the given roles ('bridge', 'http') with or without the embedded broker.
+
+    Raises ``HubFailed`` (after a clean shutdown) when a supervised task kept failing."""
     from bridge.service import Bridge, Ingest
     from broker.tap import Tap
     from pi_server.app import HubContext, create_app
@@ -300,22 +331,27 @@ async def run_hub(
             mqtt_host, mqtt_port = mqtt_endpoint(settings.mqtt_url)
             session_port = mqtt_port
 
-        hub = HubContext(settings=settings, pool=pool, ingest=ingest, keys=keys)
-        tasks: list[asyncio.Task[None]] = []
+        supervisor = Supervisor(
+            stop,
+            max_failures=settings.task_max_failures,
+            window_s=settings.task_failure_window_s,
+        )
+        hub = HubContext(
+            settings=settings, pool=pool, ingest=ingest, keys=keys, supervisor=supervisor
+        )
         if policy is not None:
-            tasks.append(
-                asyncio.create_task(
-                    sync_device_access(
-                        pool,
-                        policy,
-                        stop,
-                        on_change,
-                        POLICY_SYNC_S,
-                        users_state=users_state,
-                        on_blocked=None if tap is None else tap.disconnect,
-                    ),
-                    name="hub[policy].sync",
-                )
+            supervisor.start(
+                "policy",
+                partial(
+                    sync_device_access,
+                    pool,
+                    policy,
+                    stop,
+                    on_change,
+                    POLICY_SYNC_S,
+                    users_state=users_state,
+                    on_blocked=None if tap is None else tap.disconnect,
+                ),
             )
         if "bridge" in roles:
             source: Source
@@ -327,18 +363,15 @@ async def run_hub(
                 )
             source.publish(topics.hub_status, b'{"state":"online"}', qos=1, retain=True)
             hub.bridge = Bridge(ingest=ingest, session=source)
-            tasks.append(asyncio.create_task(hub.bridge.run(), name="hub[bridge].run"))
+            supervisor.start("bridge", hub.bridge.run)
             for module in extensions.modules("service"):
                 for i, coro in enumerate(await module.attach(hub, stop)):
-                    tasks.append(asyncio.create_task(coro, name=f"{module.__name__}[{i}]"))
+                    name = f"{module.__name__.rsplit('.', 2)[-2]}[{i}]"
+                    supervisor.start(name, _reattaching(module, i, coro, hub, stop))
         http_port = settings.http_port if "http" in roles else None
         if http_port:
             app = create_app(hub)
-            tasks.append(
-                asyncio.create_task(
-                    _serve_http(app, settings, http_port, stop), name="hub[http].loop"
-                )
-            )
+            supervisor.start("http", partial(_serve_http, app, settings, http_port, stop))
         ep = Endpoints(url, mqtt_host, mqtt_port, http_port, operator_port=session_port)
         if embedded_broker:
             from picofleet.endpoints import record
@@ -352,15 +385,11 @@ async def run_hub(
         log.info("hub.stopping")
         if hub.bridge is not None:
             hub.bridge.stop()
-        done, pending = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
-        for t in pending:
-            t.cancel()
-        for t in done:
-            if t.exception() is not None:
-                log.error("hub.task_failed", task=t.get_name(), error=repr(t.exception()))
+        await supervisor.join(DRAIN_SECONDS)
         if hub.bridge is not None:
             hub.bridge.session.publish(
                 topics.hub_status, b'{"state":"offline"}', qos=1, retain=True
             )
             await asyncio.sleep(0.1)
     log.info("hub.stopped")
+    supervisor.raise_if_failed()

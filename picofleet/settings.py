@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     bridge_client_id: str = "picofleet-bridge"
     shared_subscription: str | None = None
     mqtt_keepalive_s: int = 30
+    # The hub's supervisor gives a task up (and the hub exits non-zero) past this many
+    # failures within the window; until then it restarts it with backoff.
+    task_max_failures: int = 5
+    task_failure_window_s: float = 300.0
 
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -31,10 +31,12 @@ from pi_server.ota.config import OtaSettings
 from pi_server.ota.errors import Invalid, OtaError
 from pi_server.ota.keys import Signer, load_signer
 from pi_server.ota.release import create_release
-from pi_server.ota.store import ArtifactStore
+from pi_server.ota.store import ArtifactStore, CorruptArtifact
 from pi_server.security.limits import MAX_ROW_ID
+from picofleet import logs
 
 router = APIRouter()
+_log = logs.get("ota.artifacts")
 Operator = [Depends(require_operator)]
 T = TypeVar("T")
 # Ids are bigint: anything outside 1..2**63-1 is a 422 here, not an overflow in asyncpg.
@@ -94,40 +96,41 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-def _read(path: Any, first: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(first)
-        data: bytes = f.read(length)
-        return data
-
-
 # HEAD is served by the same function but left out of the schema: one route with two
 # methods would give both the same operation id, which breaks /openapi.json.
 @router.get("/ota/artifacts/{sha256}", tags=["ota"])
 @router.head("/ota/artifacts/{sha256}", include_in_schema=False)
 async def artifact(sha256: str, request: Request) -> Response:
-    """Artifact bytes by sha256 (64 lowercase hex); a broken download resumes with Range."""
+    """Artifact bytes by sha256 (64 lowercase hex); a broken download resumes with Range.
+
+    The bytes are hashed again on every request (an artifact is one small main.py): a file
+    changed on disk is answered 500 and logged, never served."""
     store = ArtifactStore.for_settings(_hub(request).settings)
-    path = store.path(sha256)  # None for anything but 64 lowercase hex: no file system access
-    if path is None or not await asyncio.to_thread(path.is_file):
+    try:
+        # None for anything but 64 lowercase hex (no file system access) or no such file.
+        data = await asyncio.to_thread(store.load, sha256)
+    except CorruptArtifact as exc:
+        _log.error("ota.artifact_corrupt", sha256=sha256, actual=exc.actual, path=str(exc.path))
+        raise HTTPException(500, "artifact failed its integrity check") from None
+    if data is None:
         raise HTTPException(404, "unknown artifact")
-    size = (await asyncio.to_thread(path.stat)).st_size
+    size = len(data)
     headers = {"Accept-Ranges": "bytes", "ETag": f'"{sha256}"', "Cache-Control": "immutable"}
     rng = request.headers.get("range")
     head = request.method == "HEAD"
     if rng is None:
-        body = b"" if head else await asyncio.to_thread(_read, path, 0, size)
         headers["Content-Length"] = str(size)
-        return Response(body, 200, headers=headers, media_type="application/octet-stream")
+        return Response(
+            b"" if head else data, 200, headers=headers, media_type="application/octet-stream"
+        )
     span = _byte_range(rng, size)
     if span is None:
         headers["Content-Range"] = f"bytes */{size}"
         return Response(b"", 416, headers=headers)
     first, last = span
-    length = last - first + 1
-    body = b"" if head else await asyncio.to_thread(_read, path, first, length)
     headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    headers["Content-Length"] = str(length)
+    headers["Content-Length"] = str(last - first + 1)
+    body = b"" if head else data[first : last + 1]
     return Response(body, 206, headers=headers, media_type="application/octet-stream")
 
 

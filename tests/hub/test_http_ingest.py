@@ -62,7 +62,7 @@ async def test_health_ready_metrics(hub: RunningHub) -> None:
         assert (await client.get("/health")).json()["status"] == "ok"
         ready = await client.get("/ready")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": True, "broker": True}
+        assert ready.json()["checks"] == {"database": True, "broker": True, "tasks": True}
         await client.post("/ingest", content=b"[]")
         text = (await client.get("/metrics")).text
     assert "picofleet_messages_committed_total 1" in text
