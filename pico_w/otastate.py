@@ -2,7 +2,9 @@
 #
 #   ota.json  {"seq": last report number, "pending": update in flight or null,
 #              "outbox": reports not yet acknowledged by the broker, "bad": artifacts that
-#              were rolled back, "pin": version pinned by the hub, "dl": artifact in ota.part}
+#              were rolled back, "pin": version pinned by the hub, "dl": artifact in ota.part,
+#              "down_at": per source, created_at of the newest pin/rollback meta seen,
+#              "done": per source, "created_at:sha256" of the pin/rollback last installed}
 #
 # An update goes: ota.part verified -> main.py copied to main.py.bak -> pending written
 # (phase "apply") -> ota.part renamed over main.py -> phase "trial". Each step is one file
@@ -90,6 +92,9 @@ class Store:
         # Per source (device, channel): created_at of the newest pin/rollback meta accepted;
         # an older one from the same source is a replay.
         self.down_at = d.get("down_at") or {}
+        # Per source: the pin/rollback meta last installed. Its retained copy comes back after
+        # every reset; installing it again would undo any rollout that came after it.
+        self.done = d.get("done") or {}
 
     def save(self):
         doc = {
@@ -100,6 +105,7 @@ class Store:
             "pin": self.pin,
             "dl": self.dl,
             "down_at": self.down_at,
+            "done": self.done,
         }
         tmp = STATE + ".tmp"
         with open(tmp, "w") as f:
