@@ -318,7 +318,10 @@ class App:
         self.sess.publish(topic, payload, self.board.ms(), retain)
 
     def _on_message(self, topic, msg):
-        t = topic.decode() if isinstance(topic, bytes) else topic
+        try:
+            t = topic.decode() if isinstance(topic, bytes) else topic
+        except UnicodeError:
+            return  # not one of ours (a broker checks topics are UTF-8; this one did not)
         if t == self.t_cmd:
             if len(self.cmds) >= _CMDS_MAX:
                 self.cmds.pop(0)

@@ -3,6 +3,7 @@
 # with the relay off instead of guessing. Remote `config` commands go through update(), which
 # only touches the keys in REMOTE and applies the same bounds as the file.
 import json
+import sys
 
 PATH = "config.json"
 
@@ -128,7 +129,8 @@ def validate(doc):
         _fail("'hub_http' must start with http://")
     out["hub_http"] = hub
     out["ntp_host"] = _str(doc, "ntp_host", required=False)
-    for k, default in (("prefix", "picofleet"), ("device_type", "pico_w"), ("channel", "stable")):
+    dtype = board_type(getattr(sys.implementation, "_machine", ""))
+    for k, default in (("prefix", "picofleet"), ("device_type", dtype), ("channel", "stable")):
         v = doc.get(k)
         out[k] = default if v is None else _str(doc, k)
         if "/" in out[k] or "+" in out[k] or "#" in out[k]:
@@ -170,6 +172,12 @@ def validate(doc):
     if doc.get("sensors") is not None:
         out["sensors"] = doc["sensors"]  # the USB Picos' wiring; unused here
     return out
+
+
+def board_type(machine):
+    # The device_type a board is when config.json names none, from its machine string
+    # (sys.implementation._machine, e.g. "Raspberry Pi Pico 2 W with RP2350").
+    return "pico2_w" if "RP2350" in machine else "pico_w"
 
 
 def public_key(cfg):

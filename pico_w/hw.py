@@ -1,6 +1,6 @@
-# The board: the only module that imports machine, network, rp2 and ntptime, so everything
-# else also runs on CPython (picofleet.sim.firmware gives these names thin fakes) and in the
-# WebAssembly MicroPython the tests use.
+# The board: the only module that imports machine, network, rp2, ntptime (and socket for
+# DNS), so everything else runs in the tests' WebAssembly MicroPython with stand-ins for
+# hardware only (tests/firmware/mp/stubs, picofleet/sim/board/rom).
 #   relay      GPIO out; every start arms a one-shot Timer that drops the relay even if the
 #              asyncio loop stalls (the pump state machine normally stops it first)
 #   moisture   capacitive probe on an ADC pin (median of 5 reads)
@@ -102,11 +102,14 @@ class Board:
         if host:
             ntptime.host = host
         ntptime.timeout = 2
+        self.hold(DNS_MS)  # settime() looks the host up with getaddrinfo first
         try:
             ntptime.settime()
             return True
         except (OSError, OverflowError):
             return False
+        finally:
+            self.release()
 
     # -- relay ---------------------------------------------------------------------------
     def relay(self, on, max_ms=0):

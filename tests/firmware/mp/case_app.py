@@ -208,6 +208,7 @@ def test_the_broker_address_comes_from_the_board_resolver():
     a, b, s = _connected()
     assert b.resolved == ["hub.local"]
     assert s.published[0][1] == b"picofleet/devices/PICO-1/status"
+    assert a.t_channel == "picofleet/ota/pico2_w/stable"  # a Pico 2 W's rollouts
 
 
 def test_first_publish_confirms_the_trial():
