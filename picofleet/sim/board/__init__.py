@@ -34,7 +34,11 @@ class BoardError(RuntimeError):
 
 
 def firmware_dir() -> Path:
-    """The ``pico_w`` firmware sources: the repository's, else the installed package's."""
+    """The ``pico_w`` firmware sources: $PICOFLEET_BOARD_FIRMWARE (e.g. an older release,
+    to see a test fail on it), else the repository's, else the installed package's."""
+    env = os.environ.get("PICOFLEET_BOARD_FIRMWARE")
+    if env:
+        return Path(env)
     repo = HERE.parents[2] / "pico_w"
     if repo.is_dir():
         return repo
@@ -121,6 +125,7 @@ class Heap:
     alloc: int  # gc.mem_alloc() right after gc.collect(): live bytes, harness modules included
     free: int
     baseline: int  # the same at boot, before boot.py (interpreter + harness stand-ins)
+    peak: int  # highest gc.mem_alloc() since boot, sampled at every call into the host
 
     @property
     def firmware(self) -> int:
@@ -279,7 +284,7 @@ class Board:
         for e in self.of("heap"):
             if e["label"] == "boot":
                 base = e["alloc"]
-            out.append(Heap(e["label"], e["alloc"], e["free"], base))
+            out.append(Heap(e["label"], e["alloc"], e["free"], base, e.get("peak") or 0))
         return out
 
     def heap(self, label: str = "now", timeout: float = 20) -> Heap:
@@ -319,9 +324,10 @@ class Board:
         return self._reader is not None and self._reader.is_alive()
 
     def _send(self, **msg: Any) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            self._spawn(off=True)  # settings for the world around an unpowered board
         p = self._proc
-        if p is None or p.stdin is None:
-            raise BoardError(f"{self.name} is not running")
+        assert p is not None and p.stdin is not None
         p.stdin.write(json.dumps(msg) + "\n")
         p.stdin.flush()
 

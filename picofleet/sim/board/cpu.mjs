@@ -40,14 +40,16 @@ const host = {
         return Math.floor(performance.now());
       case "epoch":
         return Date.now() / 1000;
-      case "idle": {
-        if (Atomics.load(ctl, ATTN) === 0 && a !== 0) {
-          Atomics.wait(ctl, ATTN, 0, a < 0 ? undefined : a);
-        }
-        return takeWants();
-      }
-      case "wants":
-        return takeWants();
+      case "idle":
+        // a plain sleep (slot 6 is never notified)
+        if (a > 0) Atomics.wait(ctl, 6, 0, a);
+        return null;
+      case "tarm":
+        armTimers(a);
+        return null;
+      case "repl":
+        emit({ ev: "repl", file: a, error: b });
+        return null;
       case "urandom":
         return new Uint8Array(crypto.randomBytes(a));
       case "flash_blocks":
@@ -67,20 +69,19 @@ const host = {
   },
 };
 
-function takeWants() {
-  if (Atomics.load(ctl, ATTN) === 0) return "";
-  Atomics.store(ctl, ATTN, 0);
-  return call("wants") || "";
-}
+// soft timers while Python is idle: the JS event loop calls _rt.run_timers() on time
+let timerHandle = null;
+let runTimers = null;
 
-function flashBlocks(dir, block) {
-  let n = 0;
-  for (const name of fs.readdirSync(dir)) {
-    const p = path.join(dir, name);
-    const st = fs.statSync(p);
-    n += st.isDirectory() ? 1 + flashBlocks(p, block) : Math.max(1, Math.ceil(st.size / block));
+function armTimers(ms) {
+  if (timerHandle !== null) clearTimeout(timerHandle);
+  timerHandle = null;
+  if (ms >= 0 && runTimers) {
+    timerHandle = setTimeout(() => {
+      timerHandle = null;
+      runTimers();
+    }, ms);
   }
-  return n;
 }
 
 // -- the flash ---------------------------------------------------------------------------
@@ -226,33 +227,51 @@ import _rt
 _rt.rtc_boot()
 import os, time, select, machine, network, socket, rp2, ntptime, asyncio, asyncio.core, asyncio.funcs, asyncio.event, asyncio.lock
 `);
-// what the interpreter and the harness's own modules hold before any firmware runs (on rp2
-// these are C modules and frozen bytecode, outside the heap): the "boot" sample
-mp.runPython(`import gc\ngc.collect()\n_rt.call("heap", "boot", gc.mem_alloc(), gc.mem_free())`);
+// The "boot" heap sample: what the interpreter and the harness's own modules hold before
+// any firmware runs (on rp2 these are C modules and frozen bytecode, outside the heap).
 emit({ ev: "booted", cause: bootInfo.cause });
 
+// "ok", "error" (printed, as rp2 prints it) or "exit" (SystemExit: rp2 skips main.py)
 function runFile(name) {
-  if (!fs.existsSync(hostPath("/" + name))) return true;
+  if (!fs.existsSync(hostPath("/" + name))) return "ok";
   try {
     mp.runPython(`execfile(${JSON.stringify(name)})`);
-    return true;
+    return "ok";
   } catch (err) {
     const text = String(err && err.message ? err.message : err);
     for (const line of text.split("\n")) if (line) emit({ ev: "out", line, err: true });
-    if (err && err.type === "SystemExit") return false;
-    emit({ ev: "repl", file: name, error: text });
-    return false;
+    if (err && err.type === "SystemExit") return "exit";
+    emit({ ev: "error", file: name, error: text });
+    return "error";
   }
 }
 
-// boot.py then main.py; whatever happens, the board then sits at the REPL (the watchdog, if
-// armed, still bites)
-if (runFile("boot.py")) {
-  mp.runPython(`import gc\ngc.collect()\n_rt.call("heap", "boot.py", gc.mem_alloc(), gc.mem_free())`);
-  if (runFile("main.py")) emit({ ev: "repl", file: "main.py", error: null });
+// This build collects garbage only when control returns from Python to JS (it cannot scan
+// wasm locals): a heap figure is taken at the top level, right after a collection.
+function heapSample(label) {
+  mp.runPython("import gc\ngc.collect()");
+  mp.runPython(`_rt.report_heap(${JSON.stringify(label)})`);
 }
-call("halt");
-for (;;) {
-  const want = host.call("idle", -1);
-  if (want) mp.runPython(`import _rt\n_rt.serve(${JSON.stringify(want)})`);
+
+// Requests from the host (heap samples) are served between asyncio iterations.
+async function attention() {
+  for (;;) {
+    const w = Atomics.waitAsync(ctl, ATTN, 0);
+    if (w.async) await w.value;
+    Atomics.store(ctl, ATTN, 0);
+    const want = call("wants") || "";
+    for (const item of want.split("\n")) {
+      if (item.startsWith("heap:")) heapSample(item.slice(5));
+    }
+  }
 }
+
+// boot.py then main.py, in __main__ as rp2 runs them. main.py's asyncio.run() schedules the
+// app on this thread's event loop and returns; the board runs on from there.
+heapSample("boot");
+runTimers = mp.pyimport("_rt").run_timers;
+if (runFile("boot.py") !== "exit") {
+  heapSample("boot.py");
+  if (runFile("main.py") !== "ok") emit({ ev: "repl", file: "main.py", error: "see output" });
+}
+attention();

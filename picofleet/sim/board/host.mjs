@@ -313,6 +313,17 @@ function reset(why) {
   powerOn(why);
 }
 
+const lookups = new Map();
+
+async function lookup(host) {
+  if (net.isIP(host)) return host;
+  const over = dnsTable.get(host);
+  if (over && over.delay_ms) await sleep(over.delay_ms);
+  if (!linkUp()) return -2;
+  if (over && over.ip !== undefined) return over.ip === null ? -2 : over.ip;
+  return await new Promise((r) => dns.lookup(host, { family: 4 }, (err, addr) => r(err ? -2 : addr)));
+}
+
 function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -367,14 +378,31 @@ async function handle(m) {
       return 0;
     }
     case "resolve": {
-      if (net.isIP(a)) return a;
-      const over = dnsTable.get(a);
-      if (over && over.delay_ms) await sleep(over.delay_ms);
-      if (!linkUp()) return -2;
-      if (over && over.ip !== undefined) return over.ip === null ? -2 : over.ip;
-      return await new Promise((r) =>
-        dns.lookup(a, { family: 4 }, (err, addr) => r(err ? -2 : addr)),
-      );
+      // lwIP resolves in the background while getaddrinfo polls (rwait)
+      const q = { id: nextId++, result: null, waiter: null };
+      lookups.set(q.id, q);
+      lookup(a).then((r) => {
+        q.result = r;
+        if (q.waiter) q.waiter();
+      });
+      return q.id;
+    }
+    case "rwait": {
+      const q = lookups.get(a);
+      if (!q) return -2;
+      if (q.result === null && b !== 0) {
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, b < 0 ? 1000 : b);
+          q.waiter = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        q.waiter = null;
+      }
+      if (q.result === null) return null;
+      lookups.delete(a);
+      return q.result;
     }
     case "wifi_join":
       if (firstJoin) {
@@ -413,7 +441,7 @@ async function handle(m) {
       if (wdt) wdt.fed = performance.now();
       return 0;
     case "heap":
-      emit({ ev: "heap", label: a, alloc: b, free: c });
+      emit({ ev: "heap", label: a, alloc: b, free: c, peak: d ?? null });
       return 0;
     case "wants": {
       const w = wants.join("\n");

@@ -1,9 +1,10 @@
 # The board's runtime (MicroPython side of the harness, not part of the firmware): the link to
-# the host process (`_host`, a JS module whose calls block like rp2's C calls do), the RTC,
-# soft timers and the idle wait that asyncio's poller ends in.
+# the host process (`_host`, a JS module whose calls block like rp2's C calls do), the RTC and
+# soft timers.
 #
-# Soft timers run where rp2 runs scheduled callbacks: while the interpreter waits (asyncio
-# idle, a blocking socket call, time.sleep), not in the middle of busy Python code.
+# Soft timers run where rp2 runs scheduled callbacks: while the interpreter waits (between
+# asyncio iterations, in a blocking socket call or DNS lookup, in time.sleep), not in the
+# middle of busy Python code.
 import gc
 
 import _host
@@ -21,10 +22,16 @@ EHOSTUNREACH = 113
 _timers = []  # [deadline_ms, timer]
 _RTC_BOOT = 1609459200  # an rp2 RTC comes up at 2021-01-01 00:00:00 on every reset
 _rtc_offset = 0.0
-_started = False
+# highest gc.mem_alloc() seen at a call into the host: an upper bound of the live heap,
+# since this build collects garbage only between asyncio iterations
+peak = 0
 
 
 def call(op, a=None, b=None, c=None, d=None):
+    global peak
+    m = gc.mem_alloc()
+    if m > peak:
+        peak = m
     return _host.call(op, a, b, c, d)
 
 
@@ -54,36 +61,40 @@ def rtc_set(epoch):
 def timer_add(deadline, t):
     timer_remove(t)
     _timers.append([deadline, t])
+    _rearm()
 
 
 def timer_remove(t):
     for i in range(len(_timers) - 1, -1, -1):
         if _timers[i][1] is t:
             _timers.pop(i)
+    _rearm()
+
+
+def _rearm():
+    # the JS event loop calls run_timers() at the next deadline while Python is idle
+    call("tarm", until_timer(-1))
 
 
 def run_timers():
-    if not _timers:
-        return
-    now = now_ms()
-    due = [e for e in _timers if e[0] - now <= 0]
-    for e in due:
-        t = e[1]
-        if t._period:
-            e[0] += t._period
-        else:
-            timer_remove(t)
-        cb = t._cb
-        if cb is not None:
-            cb(t)
+    if _timers:
+        now = now_ms()
+        for e in [e for e in _timers if e[0] - now <= 0]:
+            t = e[1]
+            if t._period:
+                e[0] += t._period
+            else:
+                timer_remove(t)
+            if t._cb is not None:
+                t._cb(t)
+    _rearm()
 
 
 def until_timer(ms):
-    # ms capped at the next timer's deadline (ms < 0: wait forever)
+    # ms capped at the next timer's deadline (ms < 0: no cap of its own)
     if not _timers:
         return ms
-    now = now_ms()
-    d = min(e[0] for e in _timers) - now
+    d = min(e[0] for e in _timers) - now_ms()
     if d < 0:
         d = 0
     return d if ms < 0 or d < ms else ms
@@ -91,26 +102,17 @@ def until_timer(ms):
 
 # -- waiting ---------------------------------------------------------------------------
 def block(ms):
-    # A blocking wait of ms that still lets timers and host requests through.
+    # A blocking wait of ms (time.sleep and friends) in which timers still run.
     end = now_ms() + ms
     while True:
         left = end - now_ms()
         if left <= 0:
             run_timers()
             return
-        idle_once(until_timer(left))
+        call("idle", until_timer(left))
+        run_timers()
 
 
-def idle_once(ms):
-    # Sleep up to ms (host wakes us early when it wants something); run due timers.
-    want = call("idle", ms)
-    if want:
-        serve(want)
-    run_timers()
-
-
-def serve(want):
-    for w in want.split("\n"):
-        if w.startswith("heap:"):
-            gc.collect()
-            call("heap", w[5:], gc.mem_alloc(), gc.mem_free())
+def report_heap(label):
+    # called at the top level, right after a collection
+    call("heap", label, gc.mem_alloc(), gc.mem_free(), peak)

@@ -30,7 +30,7 @@ def freq(hz=None):
 
 
 def idle():
-    _rt.idle_once(0)
+    _rt.run_timers()
 
 
 def lightsleep(ms=None):

@@ -1,6 +1,5 @@
-# rp2's select, extended by the harness: poll() without registered streams (what asyncio's
-# idle wait is when the firmware has no asyncio streams) sleeps in the host instead of the
-# wasm port's busy loop, and lets soft timers and host requests run.
+# rp2's select, extended by the harness: poll() waits in the host instead of the wasm port's
+# busy loop, and soft timers run while it waits.
 import sys
 
 _path = sys.path
@@ -41,8 +40,10 @@ class _Poll:
                 r = self._p.poll(0)
                 if r or (end is not None and end - _rt.now_ms() <= 0):
                     return r
-                _rt.idle_once(_rt.until_timer(10 if end is None else min(10, end - _rt.now_ms())))
-        _rt.idle_once(_rt.until_timer(timeout))
+                _rt.block(10 if end is None else max(0, min(10, end - _rt.now_ms())))
+        if timeout < 0:
+            raise OSError(_rt.EAGAIN)  # would wait forever: nothing can wake it here
+        _rt.block(timeout)
         return ()
 
 

@@ -34,7 +34,13 @@ _PEER_CLOSED = 3
 
 
 def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
-    r = _rt.call("resolve", host)
+    # blocks until the lookup ends, however long (no timeout on rp2); timers run meanwhile
+    q = _rt.call("resolve", host)
+    while True:
+        r = _rt.call("rwait", q, _rt.until_timer(1000))
+        if r is not None:
+            break
+        _rt.run_timers()
     if isinstance(r, int):
         raise OSError(r)
     return [(AF_INET, SOCK_STREAM, 0, "", (r, port))]
@@ -79,14 +85,11 @@ class socket:
                 left = -1
             ms = _rt.until_timer(left)
             if ms < 0 or ms > 1000:
-                ms = 1000  # let host requests (heap samples) in now and then
+                ms = 1000
             st = self._st(what, ms)
             if ready(st):
                 return st
             _rt.run_timers()
-            want = _rt.call("wants")
-            if want:
-                _rt.serve(want)
 
     def _check(self):
         if self._id is None:

@@ -1,31 +1,32 @@
-# MicroPython asyncio module
-# MIT license; Copyright (c) 2019 Damien P. George
+# MicroPython asyncio module, for use with webassembly port
+# MIT license; Copyright (c) 2024 Damien P. George
 
 from .core import *
+from .funcs import wait_for, wait_for_ms, gather
+from .event import Event
+from .lock import Lock
 
 __version__ = (3, 0, 0)
 
-_attrs = {
-    "wait_for": "funcs",
-    "wait_for_ms": "funcs",
-    "gather": "funcs",
-    "Event": "event",
-    "ThreadSafeFlag": "event",
-    "Lock": "lock",
-    "open_connection": "stream",
-    "start_server": "stream",
-    "StreamReader": "stream",
-    "StreamWriter": "stream",
-}
+
+# picofleet board harness: asyncio.run, which this port lacks. The loop runs on the JS event
+# loop (setTimeout), and the interpreter returns to it between iterations: the only place
+# where this build's garbage collector can run. So run() schedules main and returns at once
+# (rp2's blocks until main ends); when main ends, its error is printed as rp2's REPL would,
+# and the host is told that the board sits at the REPL.
+def run(main):
+    return create_task(_board_main(main))
 
 
-# Lazy loader, effectively does:
-#   global attr
-#   from .mod import attr
-def __getattr__(attr):
-    mod = _attrs.get(attr, None)
-    if mod is None:
-        raise AttributeError(attr)
-    value = getattr(__import__(mod, globals(), None, True, 1), attr)
-    globals()[attr] = value
-    return value
+async def _board_main(main):
+    import sys
+
+    import _rt
+
+    try:
+        await main
+        err = None
+    except BaseException as e:  # rp2 prints it and drops to the REPL
+        sys.print_exception(e)
+        err = repr(e)
+    _rt.call("repl", "main.py", err)

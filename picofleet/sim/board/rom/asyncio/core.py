@@ -1,14 +1,11 @@
-# MicroPython asyncio module
-# MIT license; Copyright (c) 2019 Damien P. George
+# MicroPython asyncio module, for use with webassembly port
+# MIT license; Copyright (c) 2019-2024 Damien P. George
 
 from time import ticks_ms as ticks, ticks_diff, ticks_add
-import sys, select
+import sys, js, jsffi
 
-# Import TaskQueue and Task, preferring built-in C code over Python code
-try:
-    from _asyncio import TaskQueue, Task
-except:
-    from .task import TaskQueue, Task
+# Import TaskQueue and Task from built-in C code.
+from _asyncio import TaskQueue, Task
 
 
 ################################################################################
@@ -23,7 +20,7 @@ class TimeoutError(Exception):
     pass
 
 
-# Used when calling Loop.call_exception_handler
+# Used when calling Loop.call_exception_handler.
 _exc_context = {"message": "Task exception wasn't retrieved", "exception": None, "future": None}
 
 
@@ -64,74 +61,58 @@ def sleep(t):
 
 
 ################################################################################
-# Queue and poller for stream IO
+# Main run loop
+
+asyncio_timer = None
 
 
-class IOQueue:
-    def __init__(self):
-        self.poller = select.poll()
-        self.map = {}  # maps id(stream) to [task_waiting_read, task_waiting_write, stream]
+class TopLevelCoro:
+    @staticmethod
+    def set(resolve, reject):
+        TopLevelCoro.resolve = resolve
+        TopLevelCoro.reject = reject
 
-    def _enqueue(self, s, idx):
-        if id(s) not in self.map:
-            entry = [None, None, s]
-            entry[idx] = cur_task
-            self.map[id(s)] = entry
-            self.poller.register(s, select.POLLIN if idx == 0 else select.POLLOUT)
-        else:
-            sm = self.map[id(s)]
-            assert sm[idx] is None
-            assert sm[1 - idx] is not None
-            sm[idx] = cur_task
-            self.poller.modify(s, select.POLLIN | select.POLLOUT)
-        # Link task to this IOQueue so it can be removed if needed
-        cur_task.data = self
+    @staticmethod
+    def send(value):
+        TopLevelCoro.resolve()
 
-    def _dequeue(self, s):
-        del self.map[id(s)]
-        self.poller.unregister(s)
 
-    def queue_read(self, s):
-        self._enqueue(s, 0)
+class ThenableEvent:
+    def __init__(self, thenable):
+        self.waiting = None  # Task waiting on completion of this thenable
+        thenable.then(self.set, self.cancel)
 
-    def queue_write(self, s):
-        self._enqueue(s, 1)
+    def set(self, value=None):
+        # Thenable/Promise is fulfilled, set result and schedule any waiting task.
+        self.result = value
+        if self.waiting:
+            _task_queue.push(self.waiting)
+            self.waiting = None
+
+    def cancel(self, value=None):
+        # Thenable/Promise is rejected, set error and schedule any waiting task.
+        self.error = jsffi.JsException(
+            value, getattr(value, "name", None), getattr(value, "message", None)
+        )
+        if self.waiting:
+            _task_queue.push(self.waiting)
+            self.waiting = None
 
     def remove(self, task):
-        while True:
-            del_s = None
-            for k in self.map:  # Iterate without allocating on the heap
-                q0, q1, s = self.map[k]
-                if q0 is task or q1 is task:
-                    del_s = s
-                    break
-            if del_s is not None:
-                self._dequeue(s)
-            else:
-                break
+        self.waiting = None
 
-    def wait_io_event(self, dt):
-        for s, ev in self.poller.ipoll(dt):
-            sm = self.map[id(s)]
-            # print('poll', s, sm, ev)
-            if ev & ~select.POLLOUT and sm[0] is not None:
-                # POLLIN or error
-                _task_queue.push(sm[0])
-                sm[0] = None
-            if ev & ~select.POLLIN and sm[1] is not None:
-                # POLLOUT or error
-                _task_queue.push(sm[1])
-                sm[1] = None
-            if sm[0] is None and sm[1] is None:
-                self._dequeue(s)
-            elif sm[0] is None:
-                self.poller.modify(s, select.POLLOUT)
-            else:
-                self.poller.modify(s, select.POLLIN)
-
-
-################################################################################
-# Main run loop
+    # async
+    def wait(self):
+        # Set the calling task as the task waiting on this thenable.
+        self.waiting = cur_task
+        # Set calling task's data to this object so it can be removed if needed.
+        cur_task.data = self
+        # Wait for the thenable to fulfill.
+        yield
+        # Raise the error, or return the result, of the thenable.
+        if hasattr(self, "error"):
+            raise self.error
+        return self.result
 
 
 # Ensure the awaitable is a task
@@ -139,42 +120,33 @@ def _promote_to_task(aw):
     return aw if isinstance(aw, Task) else create_task(aw)
 
 
-# Create and schedule a new task from a coroutine
-def create_task(coro):
-    if not hasattr(coro, "send"):
-        raise TypeError("coroutine expected")
-    t = Task(coro, globals())
-    _task_queue.push(t)
-    return t
+def _schedule_run_iter(dt):
+    global asyncio_timer
+    if asyncio_timer is not None:
+        js.clearTimeout(asyncio_timer)
+    asyncio_timer = js.setTimeout(_run_iter, dt)
 
 
-# Keep scheduling tasks until there are none left to schedule
-def run_until_complete(main_task=None):
+def _run_iter():
     global cur_task
     excs_all = (CancelledError, Exception)  # To prevent heap allocation in loop
     excs_stop = (CancelledError, StopIteration)  # To prevent heap allocation in loop
     while True:
         # Wait until the head of _task_queue is ready to run
-        dt = 1
-        while dt > 0:
-            dt = -1
-            t = _task_queue.peek()
-            if t:
-                # A task waiting on _task_queue; "ph_key" is time to schedule task at
-                dt = max(0, ticks_diff(t.ph_key, ticks()))
-            elif not _io_queue.map:
-                # No tasks can be woken
-                cur_task = None
-                if not main_task or not main_task.state:
-                    # no main_task, or main_task is done so finished running
-                    return
-                # At this point, there is theoretically nothing that could wake the
-                # scheduler, but it is not allowed to exit either. We keep the code
-                # running so that a hypothetical debugger (or other such meta-process)
-                # can get a view of what is happening and possibly abort.
-                dt = 3
-            # print('(poll {})'.format(dt), len(_io_queue.map))
-            _io_queue.wait_io_event(dt)
+        t = _task_queue.peek()
+        if t:
+            # A task waiting on _task_queue; "ph_key" is time to schedule task at
+            dt = max(0, ticks_diff(t.ph_key, ticks()))
+        else:
+            # No tasks can be woken so finished running
+            cur_task = _top_level_task
+            return
+
+        if dt > 0:
+            # schedule to call again later
+            cur_task = _top_level_task
+            _schedule_run_iter(dt)
+            return
 
         # Get next task to run and continue it
         t = _task_queue.pop()
@@ -194,33 +166,26 @@ def run_until_complete(main_task=None):
         except excs_all as er:
             # Check the task is not on any event queue
             assert t.data is None
-            # If it's the main task, it is considered as awaited by the caller
-            awaited = t is main_task
-            if awaited:
-                cur_task = None
-                if not isinstance(er, StopIteration):
-                    t.state = False
-                    raise er
-                if t.state is None:
-                    t.state = False
+            # This task is done.
             if t.state:
                 # Task was running but is now finished.
+                waiting = False
                 if t.state is True:
                     # "None" indicates that the task is complete and not await'ed on (yet).
-                    t.state = False if awaited else None
+                    t.state = None
                 elif callable(t.state):
                     # The task has a callback registered to be called on completion.
                     t.state(t, er)
                     t.state = False
-                    awaited = True
+                    waiting = True
                 else:
                     # Schedule any other tasks waiting on the completion of this task.
                     while t.state.peek():
                         _task_queue.push(t.state.pop())
-                        awaited = True
+                        waiting = True
                     # "False" indicates that the task is complete and has been await'ed on.
                     t.state = False
-                if not awaited and not isinstance(er, excs_stop):
+                if not waiting and not isinstance(er, excs_stop):
                     # An exception ended this detached task, so queue it for later
                     # execution to handle the uncaught exception if no other task retrieves
                     # the exception in the meantime (this is handled by Task.throw).
@@ -238,26 +203,25 @@ def run_until_complete(main_task=None):
                 _exc_context["exception"] = exc
                 _exc_context["future"] = t
                 Loop.call_exception_handler(_exc_context)
-            # If it's the main task then the loop should stop
-            if t is main_task:
-                return er.value
 
 
-# Create a new task from a coroutine and run it until it finishes
-def run(coro):
-    return run_until_complete(create_task(coro))
+# Create and schedule a new task from a coroutine.
+def create_task(coro):
+    if not hasattr(coro, "send"):
+        raise TypeError("coroutine expected")
+    t = Task(coro, globals())
+    _task_queue.push(t)
+    return t
 
+
+# Task used to suspend and resume top-level await.
+_top_level_task = Task(TopLevelCoro, globals())
 
 ################################################################################
 # Event loop wrapper
 
 
-async def _stopper():
-    pass
-
-
-cur_task = None
-_stop_task = None
+cur_task = _top_level_task
 
 
 class Loop:
@@ -265,22 +229,6 @@ class Loop:
 
     def create_task(coro):
         return create_task(coro)
-
-    def run_forever():
-        global _stop_task
-        _stop_task = Task(_stopper(), globals())
-        run_until_complete(_stop_task)
-        # TODO should keep running until .stop() is called, even if there're no tasks left
-
-    def run_until_complete(aw):
-        return run_until_complete(_promote_to_task(aw))
-
-    def stop():
-        global _stop_task
-        if _stop_task is not None:
-            _task_queue.push(_stop_task)
-            # If stop() is called again, do nothing
-            _stop_task = None
 
     def close():
         pass
@@ -300,25 +248,20 @@ class Loop:
         (Loop._exc_handler or Loop.default_exception_handler)(Loop, context)
 
 
-# The runq_len and waitq_len arguments are for legacy uasyncio compatibility
-def get_event_loop(runq_len=0, waitq_len=0):
+def get_event_loop():
     return Loop
 
 
 def current_task():
-    if cur_task is None:
-        raise RuntimeError("no running event loop")
+    assert cur_task is not None
     return cur_task
 
 
 def new_event_loop():
-    global _task_queue, _io_queue
-    # TaskQueue of Task instances
-    _task_queue = TaskQueue()
-    # Task queue and poller for stream IO
-    _io_queue = IOQueue()
+    global _task_queue
+    _task_queue = TaskQueue(_schedule_run_iter)  # TaskQueue of Task instances.
     return Loop
 
 
-# Initialise default event loop
+# Initialise default event loop.
 new_event_loop()
