@@ -78,10 +78,16 @@ async def main(version):
 
 async def _idle(board, why):
     board.relay(False)
+    n = 0
     while True:
-        _say(why)
-        _say("relay off; idle until config.json is fixed and the board is reset")
-        await asyncio.sleep(60)
+        if n % 12 == 0:
+            _say(why)
+            _say("relay off; idle until config.json is fixed and the board is reset")
+        n += 1
+        # boot.py may have armed the watchdog (a trial, a failing updater): waiting for a
+        # config over USB is no hang; a trial still ends by its deadline
+        board.feed()
+        await asyncio.sleep(_BEAT_S)
 
 
 class App:

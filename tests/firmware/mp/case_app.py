@@ -235,3 +235,11 @@ def test_non_ascii_command_id_is_acked_in_a_well_formed_packet():
     ack = json.loads(payload)["ack"]
     assert ack["id"] == cid and ack["ok"], ack
     assert b.relay_log[-1][0] is True
+
+
+def test_idle_on_a_bad_config_keeps_the_relay_off_and_the_watchdog_fed():
+    b = FakeBoard()
+    idle = app._idle(b, "config.json is missing")
+    for _ in range(3):
+        idle.send(None)
+    assert b.relay_log == [(False, 0)] and len(b.feeds) == 3
