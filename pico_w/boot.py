@@ -7,18 +7,19 @@
 
 
 def _boot():
-    trial = True
+    trial, ms = True, None
     try:
         import otastate
 
         trial = otastate.on_boot()
+        ms = otastate.trial_ms
     except Exception as e:  # a broken updater must never keep the app from starting
         print("boot: updater failed:", repr(e))
     if trial:
         import hw
 
         hw.arm_watchdog()
-        hw.arm_trial()
+        hw.arm_trial(ms)
 
 
 _boot()

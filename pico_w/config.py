@@ -16,6 +16,7 @@ BOUNDS = {
     ("calibration", "moisture_dry"): (0, 65535),
     ("calibration", "moisture_wet"): (0, 65535),
     (None, "telemetry_interval_s"): (1, 86400),
+    (None, "ota_trial_s"): (30, 3600),
 }
 # What a `config` command may change; the rest (network, keys) changes only over USB.
 REMOTE = {
@@ -30,7 +31,7 @@ _DEFAULT_PINS = {"relay": 15, "relay_active_high": True, "moisture_adc": 26}
 _KEYS = (
     "device_key", "mqtt_password", "provision_secret", "provision_key", "wifi", "broker",
     "hub_http", "prefix", "device_type", "channel", "ota_pubkey", "ota_key_id", "calibration",
-    "pump", "telemetry_interval_s", "sensors", "pins", "ntp_host",
+    "pump", "telemetry_interval_s", "sensors", "pins", "ntp_host", "ota_trial_s",
 )
 _KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _HEX = "0123456789abcdef"
@@ -158,6 +159,9 @@ def validate(doc):
         _fail("'pump.auto_run_s' must not exceed 'pump.max_run_s'")
     out["pump"] = p
     out["telemetry_interval_s"] = _num(doc, None, "telemetry_interval_s", 60)
+    # how long a new main.py has per trial boot to publish once; null: hw.TRIAL_MS
+    trial = doc.get("ota_trial_s")
+    out["ota_trial_s"] = None if trial is None else _num(doc, None, "ota_trial_s", None)
     pins = _section(doc, "pins", _DEFAULT_PINS)
     out["pins"] = {}
     for k in ("relay", "moisture_adc"):

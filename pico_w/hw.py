@@ -39,11 +39,13 @@ def _trial_expired(_t):
     machine.reset()
 
 
-def arm_trial(ms=TRIAL_MS):
-    # boot.py, on a trial boot: reset unless trial_passed() comes first.
+def arm_trial(ms=None):
+    # boot.py, on a trial boot: reset within ms (default TRIAL_MS) unless trial_passed().
     global _trial
     trial_passed()
-    _trial = machine.Timer(mode=machine.Timer.ONE_SHOT, period=ms, callback=_trial_expired)
+    _trial = machine.Timer(
+        mode=machine.Timer.ONE_SHOT, period=ms or TRIAL_MS, callback=_trial_expired
+    )
 
 
 def trial_passed():

@@ -132,6 +132,7 @@ class Updater:
         self._chan = cfg["channel"]
         self._epoch = epoch  # callable: Unix time, or None while the clock is unset
         self._resolve = resolve  # callable (host, port) -> address; hw.Board.resolve
+        self._trial_s = cfg.get("ota_trial_s")  # None: boot.py's default deadline
         self._offers = {}  # source -> newest raw meta not looked at yet
         self._seen = {}  # source -> digest of the last meta looked at
         self._manifests = {}  # source -> verified manifest
@@ -327,6 +328,8 @@ class Updater:
             "boots": 0,
             "prev": self.version,
         }
+        if self._trial_s:
+            st.pending["trial_ms"] = int(self._trial_s * 1000)
         st.dl = None
         if m["action"] != "install":
             st.done[m.get("source", DEVICE)] = _ident(m)

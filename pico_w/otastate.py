@@ -24,6 +24,7 @@ BAK_TMP = "main.py.bak.tmp"
 PART = "ota.part"
 STATE = "ota.json"
 MAX_BOOTS = 3
+trial_ms = None  # set by on_boot() on a trial boot: the deadline the update asked for
 _OUTBOX_MAX = 10
 _BAD_MAX = 4
 
@@ -156,6 +157,7 @@ class Store:
 def on_boot(store=None):
     # Run by boot.py before main.py. Returns True when this is a trial boot of a new version
     # (boot.py then arms the watchdog, so a main.py that hangs or drops to the REPL resets).
+    global trial_ms
     st = store or Store()
     p = st.pending
     if not p:
@@ -177,6 +179,7 @@ def on_boot(store=None):
         p["boots"] = p.get("boots", 0) + 1
         if p["boots"] <= MAX_BOOTS:
             st.save()
+            trial_ms = p.get("trial_ms")
             return True
         p["phase"] = phase = "rollback"
         st.save()

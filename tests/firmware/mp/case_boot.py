@@ -92,6 +92,17 @@ def test_a_trial_that_runs_but_never_publishes_is_rolled_back():
     assert boots == otastate.MAX_BOOTS + 1
 
 
+def test_the_deadline_an_update_asked_for():
+    # config.json "ota_trial_s", copied into the pending update by ota.Updater
+    _trial_state()
+    with open("ota.json") as f:
+        st = json.loads(f.read())
+    st["pending"]["trial_ms"] = 45000
+    _write("ota.json", json.dumps(st).encode())
+    _boot()
+    assert _deadline().period == 45000
+
+
 def test_a_normal_boot_arms_nothing():
     _write("main.py", APP_OLD)
     _write("ota.json", b'{"seq": 3, "pending": null, "outbox": []}')

@@ -127,6 +127,16 @@ def test_remote_update_within_bounds():
             pass
 
 
+def test_ota_trial_s_is_optional_and_bounded():
+    assert config.validate(_copy(GOOD))["ota_trial_s"] is None
+    doc = _copy(GOOD)
+    doc["ota_trial_s"] = 45
+    assert config.validate(doc)["ota_trial_s"] == 45
+    for bad in (5, 7200, "60", True):
+        doc["ota_trial_s"] = bad
+        assert _error(doc), bad
+
+
 def test_device_type_of_a_pico_2_w():
     doc = _copy(GOOD)
     doc["device_type"] = "pico2_w"

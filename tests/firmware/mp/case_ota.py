@@ -228,3 +228,16 @@ def test_an_older_rollback_is_refused_and_a_newer_one_taken():
     assert otastate.Store().outbox[-1]["reason"] == "replayed"
     m = _offer(up, ota.DEVICE, "rollback_newer")
     assert m is not None and m["created_at"] == 1_763_000_900
+
+
+def test_the_trial_deadline_travels_with_the_update():
+    _clean()
+    _write("main.py", b"VERSION = '1.1.0'\n")
+    cfg = dict(CFG)
+    cfg["ota_trial_s"] = 45
+    up = ota.Updater(cfg, "1.1.0", otastate.Store(), PUB, lambda: 1763000700)
+    m = _offer(up, ota.DEVICE, "rollback")
+    _write("ota.part", b"VERSION = '1.0.0'\n")
+    up._apply(m)
+    assert otastate.Store().pending["trial_ms"] == 45000
+    assert otastate.on_boot() is True and otastate.trial_ms == 45000
