@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from picofleet.credentials import FleetKeys
+from picofleet.firmware import firmware_dir as _firmware_dir
 
 HERE = Path(__file__).resolve().parent
 HOST = HERE / "host.mjs"
@@ -34,17 +35,10 @@ class BoardError(RuntimeError):
 
 
 def firmware_dir() -> Path:
-    """The ``pico_w`` firmware sources: $PICOFLEET_BOARD_FIRMWARE (e.g. an older release,
-    to see a test fail on it), else the repository's, else the installed package's."""
+    """The ``pico_w`` sources a board gets: $PICOFLEET_BOARD_FIRMWARE (e.g. an older release,
+    to see a test fail on it), else picofleet.firmware's."""
     env = os.environ.get("PICOFLEET_BOARD_FIRMWARE")
-    if env:
-        return Path(env)
-    repo = HERE.parents[2] / "pico_w"
-    if repo.is_dir():
-        return repo
-    import picofleet.pico_w  # the wheel ships the firmware as package data
-
-    return Path(next(iter(picofleet.pico_w.__path__)))
+    return Path(env) if env else _firmware_dir("pico_w")
 
 
 def micropython_mjs() -> Path | None:

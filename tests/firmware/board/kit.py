@@ -96,7 +96,13 @@ async def statuses(pool: asyncpg.Pool, key: str) -> list[dict[str, Any]]:
         "SELECT payload FROM raw_record WHERE topic = $1 ORDER BY id",
         Topics().device(key, Kind.STATUS),
     )
-    return [json.loads(bytes(r["payload"])) for r in rows]
+    out = []
+    for r in rows:
+        try:
+            out.append(json.loads(bytes(r["payload"])))
+        except ValueError:
+            continue  # a malformed packet's remains: no status of the board
+    return out
 
 
 async def acks(pool: asyncpg.Pool, key: str) -> dict[str, dict[str, Any]]:
