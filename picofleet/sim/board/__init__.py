@@ -148,6 +148,7 @@ class Board:
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self._stderr: list[str] = []
+        self._execs = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Board:
@@ -287,6 +288,21 @@ class Board:
         self._send(cmd="heap", label=label)
         self.wait(lambda e: e["ev"] == "heap" and e["label"] == label, timeout=timeout, since=n)
         return [h for h in self.heaps() if h.label == label][-1]
+
+    def exec(self, code: str, timeout: float = 60) -> list[str]:
+        """Run Python in the board's interpreter (in ``__main__``, between two asyncio
+        iterations of the firmware; the watchdog keeps counting) and return what it printed.
+        Raises BoardError with the traceback if it raised."""
+        self._execs += 1
+        ident = str(self._execs)
+        n = self.mark()
+        self._send(cmd="exec", id=ident, code=code)
+        done = self.wait(lambda e: e["ev"] == "exec" and e["id"] == ident, timeout=timeout, since=n)
+        with self._cv:
+            out = [e["line"] for e in self.events[n:] if e["ev"] == "out"]
+        if done["error"]:
+            raise BoardError(done["error"])
+        return out
 
     def wait(self, pred: Callable[[Event], bool], *, timeout: float = 30, since: int = 0) -> Event:
         """The first event from index ``since`` on that matches pred (blocking)."""

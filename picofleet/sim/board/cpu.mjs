@@ -253,6 +253,18 @@ function heapSample(label) {
   mp.runPython(`_rt.report_heap(${JSON.stringify(label)})`);
 }
 
+// Python from the test, run in the board's interpreter between asyncio iterations (the
+// firmware's tasks wait meanwhile; the watchdog does not).
+function execute(id) {
+  const src = call("code", id);
+  try {
+    mp.runPython(src);
+    emit({ ev: "exec", id, error: null });
+  } catch (err) {
+    emit({ ev: "exec", id, error: String(err && err.message ? err.message : err) });
+  }
+}
+
 // Requests from the host (heap samples) are served between asyncio iterations.
 async function attention() {
   for (;;) {
@@ -262,6 +274,7 @@ async function attention() {
     const want = call("wants") || "";
     for (const item of want.split("\n")) {
       if (item.startsWith("heap:")) heapSample(item.slice(5));
+      else if (item.startsWith("exec:")) execute(item.slice(5));
     }
   }
 }

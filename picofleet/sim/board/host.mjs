@@ -53,6 +53,7 @@ Atomics.store(ctl, 2, -1);
 const ap = { up: true, ssid: opts.ssid, password: opts.password };
 const adc = { 0: 40000, 1: 0, 2: 0, 3: 33000, 4: 14020 };
 const dnsTable = new Map(); // host -> { ip, delay_ms }
+const code = new Map(); // exec id -> Python source waiting for the CPU
 let ntpOk = true;
 let cpu = null; // { worker, port, boot }
 let boots = 0;
@@ -456,8 +457,11 @@ async function handle(m) {
       Atomics.store(ctl, 2, -1);
       setImmediate(() => stop("powercut"));
       return 0;
-    case "halt":
-      return 0;
+    case "code": {
+      const c = code.get(a);
+      code.delete(a);
+      return c ?? "";
+    }
     default:
       throw new Error("unknown op " + op);
   }
@@ -493,6 +497,12 @@ rl.on("line", (line) => {
       break;
     case "heap":
       if (cpu) want("heap:" + (m.label || "now"));
+      break;
+    case "exec":
+      if (cpu) {
+        code.set(String(m.id), m.code);
+        want("exec:" + m.id);
+      }
       break;
     case "adc":
       adc[m.ch] = m.v;
