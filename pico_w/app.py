@@ -4,6 +4,13 @@
 #   sampler  every telemetry_interval_s: sensors -> automatic watering rule -> ring
 #   net      Wi-Fi, clock, MQTT with capped backoff; while online: commands and their acks,
 #            OTA reports, the ring drained oldest first, OTA metas, keepalive
+# The watchdog (8 s) is fed by the control task only while the sampler and the net task
+# have shown progress within _STALL_MS (each beats at least every _BEAT_S), so a task that
+# hangs on an await stops the feeding and the board resets. While the net task blocks the
+# loop (sockets, the signature check) it feeds between steps, each step bounded below 8 s
+# (socket calls by their timeout, DNS by hw.Board.resolve), and only if the last turn of
+# the control task found all healthy and came less than _BLOCK_MS ago. A trial main.py
+# confirms itself (and cancels boot.py's deadline) with its first good publish.
 # Any unexpected error switches the relay off and resets the board; a missing or bad
 # config.json leaves it idle with the relay off and the reason printed on the REPL.
 import asyncio
@@ -29,6 +36,9 @@ _CMDS_MAX = 4
 _BURST = 8  # envelopes per poll while draining the ring
 _KEEPALIVE_S = 30
 _SOCK_TIMEOUT_S = 3  # two of these fit in the 8 s watchdog
+_STALL_MS = 30000  # a task silent this long is stuck: the watchdog goes unfed
+_BLOCK_MS = 120000  # the longest the net task may hold the loop (a signature check on rp2)
+_BEAT_S = 5  # the longest a task sleeps in one go
 _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 30
 _WIFI_WAIT_S = 15
@@ -36,6 +46,7 @@ _RESYNC_MS = 6 * 3600 * 1000
 _SYNC_RETRY_MS = 60000
 _HTTP_DRIFT_S = 2  # what a clock set from the hub's Date header may be off by
 _SEQ_FILE = "seq.dat"
+_CONTROL, _SAMPLER, _NET = 0, 1, 2
 _NAN = float("nan")
 
 
@@ -67,10 +78,16 @@ async def main(version):
 
 async def _idle(board, why):
     board.relay(False)
+    n = 0
     while True:
-        _say(why)
-        _say("relay off; idle until config.json is fixed and the board is reset")
-        await asyncio.sleep(60)
+        if n % 12 == 0:
+            _say(why)
+            _say("relay off; idle until config.json is fixed and the board is reset")
+        n += 1
+        # boot.py may have armed the watchdog (a trial, a failing updater): waiting for a
+        # config over USB is no hang; a trial still ends by its deadline
+        board.feed()
+        await asyncio.sleep(_BEAT_S)
 
 
 class App:
@@ -93,7 +110,7 @@ class App:
         self.ota = None
         if cfg["ota_pubkey"]:
             key = config.public_key(cfg)
-            self.ota = ota.Updater(cfg, version, self.store, key, self.epoch)
+            self.ota = ota.Updater(cfg, version, self.store, key, self.epoch, board.resolve)
         self.cmds = []
         self.cmds_dropped = 0
         self.sess = None
@@ -104,6 +121,29 @@ class App:
         self.startup_sent = False
         self.confirmed = False
         self._reboot = False
+        now = board.ms()
+        self._beats = [now, now, now]  # control, sampler, net: last progress (ms)
+        self._healthy = True  # what the last turn of the control task found
+
+    # -- watchdog ------------------------------------------------------------------------
+    def _beat(self, task):
+        self._beats[task] = self.board.ms()
+
+    def _watch(self, now):
+        # The control task's turn: feed when the other tasks made progress lately.
+        self._beats[_CONTROL] = now
+        b = self._beats
+        self._healthy = now - b[_SAMPLER] < _STALL_MS and now - b[_NET] < _STALL_MS
+        if self._healthy:
+            self.board.feed()
+
+    def _progress(self):
+        # The net task made progress (a packet, a chunk, a verify step) while it holds the
+        # loop: feed if all was well when the loop last turned, and that was not too long ago.
+        now = self.board.ms()
+        self._beats[_NET] = now
+        if self._healthy and now - self._beats[_CONTROL] < _BLOCK_MS:
+            self.board.feed()
 
     # -- time ----------------------------------------------------------------------------
     def epoch(self):
@@ -119,15 +159,17 @@ class App:
         if self._sync_tried is not None and now - self._sync_tried < _SYNC_RETRY_MS:
             return
         self._sync_tried = now
-        b.feed()
+        self._progress()
         drift = None
         if b.ntp(self.cfg["ntp_host"] or self.cfg["broker"]["host"]):
             drift = 0
         elif self.cfg["hub_http"]:
             import httpc
 
-            b.feed()
-            t = httpc.server_time(self.cfg["hub_http"] + "/health")
+            self._progress()
+            t = httpc.server_time(
+                self.cfg["hub_http"] + "/health", feed=self._progress, resolve=b.resolve
+            )
             if t is not None:
                 b.set_time(t)
                 drift = _HTTP_DRIFT_S
@@ -156,13 +198,19 @@ class App:
             now = b.ms()
             self.pump.tick(now)
             self._relay(now)
-            b.feed()
+            self._watch(now)
             await asyncio.sleep(_CONTROL_S)
 
     async def _sampler(self):
+        b = self.board
+        due = b.ms()
         while True:
-            self._sample()
-            await asyncio.sleep(self.cfg["telemetry_interval_s"])
+            now = b.ms()
+            if now >= due:
+                self._sample()
+                due = now + self.cfg["telemetry_interval_s"] * 1000
+            self._beat(_SAMPLER)
+            await asyncio.sleep(min(_BEAT_S, (due - now) / 1000))
 
     def _sample(self):
         b = self.board
@@ -201,8 +249,16 @@ class App:
                 _say("network:", repr(e))
             self._disconnect()
             # capped exponential backoff with jitter, so a fleet does not reconnect in step
-            await asyncio.sleep(delay * (0.5 + random.getrandbits(8) / 512))
+            await self._sleep(delay * (0.5 + random.getrandbits(8) / 512))
             delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _sleep(self, s):
+        # the net task's long sleeps, in slices that keep its beat
+        while s > 0:
+            self._beat(_NET)
+            await asyncio.sleep(min(s, _BEAT_S))
+            s -= _BEAT_S
+        self._beat(_NET)
 
     async def _wifi(self):
         b = self.board
@@ -211,6 +267,7 @@ class App:
         w = self.cfg["wifi"]
         b.wifi_connect(w["ssid"], w["password"], w.get("country"))
         for _ in range(_WIFI_WAIT_S * 5):
+            self._beat(_NET)
             await asyncio.sleep(0.2)
             if b.wifi_up():
                 return
@@ -221,17 +278,24 @@ class App:
 
     def _connect(self):
         b = self.board
-        b.feed()
-        s = mqtt.Session(self.cfg, self.t_status, self._on_message, _KEEPALIVE_S, _SOCK_TIMEOUT_S)
+        br = self.cfg["broker"]
+        self._progress()
+        addr = b.resolve(br["host"], br["port"])
+        s = mqtt.Session(
+            self.cfg,
+            self.t_status,
+            self._on_message,
+            _KEEPALIVE_S,
+            _SOCK_TIMEOUT_S,
+            self._progress,
+            addr,
+        )
         self.sess = s
         s.connect(b.ms())
-        b.feed()
         s.subscribe(self.t_cmd)
         if self.ota is not None:
             # the device's own meta first: a pin must be known before the channel's
-            b.feed()
             s.subscribe(self.t_ota)
-            b.feed()
             s.subscribe(self.t_channel)
         self._status()
 
@@ -245,7 +309,7 @@ class App:
         while True:
             if not b.wifi_up():
                 raise OSError("wifi: link lost")
-            b.feed()
+            self._progress()
             self.sess.poll()
             self._startup()
             self._commands()
@@ -257,12 +321,13 @@ class App:
 
     # -- MQTT traffic --------------------------------------------------------------------
     def _publish(self, topic, payload, retain=False):
-        b = self.board
-        b.feed()
-        self.sess.publish(topic, payload, b.ms(), retain)
+        self.sess.publish(topic, payload, self.board.ms(), retain)
 
     def _on_message(self, topic, msg):
-        t = topic.decode() if isinstance(topic, bytes) else topic
+        try:
+            t = topic.decode() if isinstance(topic, bytes) else topic
+        except UnicodeError:
+            return  # not one of ours (a broker checks topics are UTF-8; this one did not)
         if t == self.t_cmd:
             if len(self.cmds) >= _CMDS_MAX:
                 self.cmds.pop(0)
@@ -321,6 +386,7 @@ class App:
             if not self.confirmed:
                 # the first good publish: a version on trial has proved itself
                 self.confirmed = True
+                self.board.trial_passed()
                 self.store.confirm(self.version)
             await asyncio.sleep(0)
 
@@ -328,10 +394,10 @@ class App:
         if self.ota is None:
             return
         b = self.board
-        m = self.ota.next(b.ms(), b.feed)
+        m = self.ota.next(b.ms(), self._progress)
         if m is None:
             return
-        applied = await self.ota.install(m, b.feed)
+        applied = await self.ota.install(m, self._progress)
         self._reports()
         if applied:
             _say("update to", m["version"], "applied, resetting")

@@ -3,6 +3,7 @@
 # with the relay off instead of guessing. Remote `config` commands go through update(), which
 # only touches the keys in REMOTE and applies the same bounds as the file.
 import json
+import sys
 
 PATH = "config.json"
 
@@ -15,6 +16,7 @@ BOUNDS = {
     ("calibration", "moisture_dry"): (0, 65535),
     ("calibration", "moisture_wet"): (0, 65535),
     (None, "telemetry_interval_s"): (1, 86400),
+    (None, "ota_trial_s"): (30, 3600),
 }
 # What a `config` command may change; the rest (network, keys) changes only over USB.
 REMOTE = {
@@ -29,7 +31,7 @@ _DEFAULT_PINS = {"relay": 15, "relay_active_high": True, "moisture_adc": 26}
 _KEYS = (
     "device_key", "mqtt_password", "provision_secret", "provision_key", "wifi", "broker",
     "hub_http", "prefix", "device_type", "channel", "ota_pubkey", "ota_key_id", "calibration",
-    "pump", "telemetry_interval_s", "sensors", "pins", "ntp_host",
+    "pump", "telemetry_interval_s", "sensors", "pins", "ntp_host", "ota_trial_s",
 )
 _KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _HEX = "0123456789abcdef"
@@ -128,7 +130,8 @@ def validate(doc):
         _fail("'hub_http' must start with http://")
     out["hub_http"] = hub
     out["ntp_host"] = _str(doc, "ntp_host", required=False)
-    for k, default in (("prefix", "picofleet"), ("device_type", "pico_w"), ("channel", "stable")):
+    dtype = board_type(getattr(sys.implementation, "_machine", ""))
+    for k, default in (("prefix", "picofleet"), ("device_type", dtype), ("channel", "stable")):
         v = doc.get(k)
         out[k] = default if v is None else _str(doc, k)
         if "/" in out[k] or "+" in out[k] or "#" in out[k]:
@@ -156,6 +159,9 @@ def validate(doc):
         _fail("'pump.auto_run_s' must not exceed 'pump.max_run_s'")
     out["pump"] = p
     out["telemetry_interval_s"] = _num(doc, None, "telemetry_interval_s", 60)
+    # how long a new main.py has per trial boot to publish once; null: hw.TRIAL_MS
+    trial = doc.get("ota_trial_s")
+    out["ota_trial_s"] = None if trial is None else _num(doc, None, "ota_trial_s", None)
     pins = _section(doc, "pins", _DEFAULT_PINS)
     out["pins"] = {}
     for k in ("relay", "moisture_adc"):
@@ -170,6 +176,12 @@ def validate(doc):
     if doc.get("sensors") is not None:
         out["sensors"] = doc["sensors"]  # the USB Picos' wiring; unused here
     return out
+
+
+def board_type(machine):
+    # The device_type a board is when config.json names none, from its machine string
+    # (sys.implementation._machine, e.g. "Raspberry Pi Pico 2 W with RP2350").
+    return "pico2_w" if "RP2350" in machine else "pico_w"
 
 
 def public_key(cfg):

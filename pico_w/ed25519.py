@@ -80,7 +80,8 @@ def _encode(p):
 
 def verify(public_key, message, signature, feed=None):
     # True when signature (64 bytes) is public_key's (32 bytes) signature of message.
-    # feed, when given, is called every 32 bits (the watchdog; this takes seconds on an RP2040).
+    # feed, when given, is called per 128-byte block hashed and every 32 bits of the scalar
+    # loop (the watchdog: SHA-512 in Python is the slow part, seconds on a board).
     if len(public_key) != 32 or len(signature) != 64:
         return False
     a = _decode(public_key)
@@ -94,7 +95,12 @@ def verify(public_key, message, signature, feed=None):
 
     h = sha512(r)
     h.update(public_key)
-    h.update(message)
+    for i in range(0, len(message), 128):
+        if feed is not None:
+            feed()
+        h.update(message[i : i + 128])
+    if feed is not None:
+        feed()
     k = int.from_bytes(h.digest(), "little") % _L
     P = _P
     neg_a = ((P - a[0]) % P, a[1], 1, (P - a[3]) % P)

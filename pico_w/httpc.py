@@ -1,8 +1,12 @@
 # A small HTTP/1.0 client on a raw socket: GET with an optional `Range: bytes=N-`, status and
 # headers parsed, the body streamed into the caller's buffer (nothing is read whole into RAM).
 # Used for OTA artifacts and for the hub's Date header when NTP is out of reach. Every socket
-# has a timeout, so no call blocks past the watchdog.
+# call has a timeout shorter than the watchdog's and `feed` runs before each one; the
+# headers are bounded in count and length. Whatever the server sends, get() raises only
+# OSError or HttpError (a malformed status line or a header that is not UTF-8 included).
 
+_LINE_MAX = 512
+_HEADERS_MAX = 32
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -44,34 +48,65 @@ class Response:
             self._sock = None
 
 
-def get(url, start=0, timeout=5):
+def _line(s, feed):
+    if feed:
+        feed()
+    line = s.readline(_LINE_MAX)
+    if line is None:
+        raise OSError(110)
+    if line and not line.endswith(b"\n"):
+        raise HttpError("line longer than %d bytes or cut short" % _LINE_MAX)
+    return line
+
+
+def _status(line):
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+        raise HttpError("not an HTTP response")
+    code = parts[1]
+    if len(code) != 3 or not code.isdigit():
+        raise HttpError("bad status code")
+    return int(code)
+
+
+def _text(b):
+    try:
+        return b.strip().decode()
+    except UnicodeError:
+        raise HttpError("header is not UTF-8")
+
+
+def get(url, start=0, timeout=3, feed=None, resolve=None):
+    # feed: called before every blocking call (the caller's watchdog); resolve(host, port):
+    # the address to connect to (hw.Board.resolve bounds DNS), getaddrinfo when None.
     import socket
 
     host, port, path = split_url(url)
-    addr = socket.getaddrinfo(host, port)[0][-1]
+    if feed:
+        feed()
+    addr = resolve(host, port) if resolve else socket.getaddrinfo(host, port)[0][-1]
     s = socket.socket()
     try:
         s.settimeout(timeout)
+        if feed:
+            feed()
         s.connect(addr)
-        s.write(b"GET ")
-        s.write(path.encode())
-        s.write(b" HTTP/1.0\r\nHost: ")
-        s.write(host.encode())
+        req = "GET %s HTTP/1.0\r\nHost: %s\r\n" % (path, host)
         if start:
-            s.write(("\r\nRange: bytes=%d-" % start).encode())
-        s.write(b"\r\nUser-Agent: picofleet-pico_w\r\n\r\n")
-        line = s.readline()
-        parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise HttpError("not an HTTP response")
-        status = int(parts[1])
+            req += "Range: bytes=%d-\r\n" % start
+        if feed:
+            feed()
+        s.write((req + "User-Agent: picofleet-pico_w\r\n\r\n").encode())
+        status = _status(_line(s, feed))
         headers = {}
-        while True:
-            line = s.readline()
+        for _ in range(_HEADERS_MAX):
+            line = _line(s, feed)
             if not line or line == b"\r\n":
                 break
             name, _, value = line.partition(b":")
-            headers[name.strip().lower().decode()] = value.strip().decode()
+            headers[_text(name).lower()] = _text(value)
+        else:
+            raise HttpError("more than %d headers" % _HEADERS_MAX)
     except BaseException:
         s.close()
         raise
@@ -99,10 +134,10 @@ def _days(y, m, d):
     return era * 146097 + doe - 719468
 
 
-def server_time(url, timeout=3):
+def server_time(url, timeout=3, feed=None, resolve=None):
     # Unix time from the Date header of a GET, or None.
     try:
-        r = get(url, timeout=timeout)
+        r = get(url, timeout=timeout, feed=feed, resolve=resolve)
     except (OSError, HttpError):
         return None
     try:

@@ -1,100 +1,341 @@
-# One MQTT session over umqtt.simple (installed on the board with
-# `mip.install("umqtt.simple")`; picofleet.sim.firmware provides the same API on CPython).
-# umqtt.simple opens its socket without a timeout and sets it back to blocking-forever
-# after every poll; it finds sockets through its module global `socket`, so the session
-# hands it a stand-in whose sockets keep a timeout instead: no call outlives the watchdog.
+# The firmware's own MQTT 3.1.1 client: one session with the broker, nothing installed from
+# outside (a board in the field cannot `mip install` a known version, so the file the tests
+# run is the file the board runs). What it does and bounds:
+#   - CONNECT with last will, username/password, keepalive, clean session; CONNACK checked
+#   - SUBSCRIBE QoS 1 and its SUBACK; PUBLISH QoS 0/1, QoS 1 returns once PUBACKed
+#   - incoming PUBLISH QoS 0/1 (PUBACK sent), PINGREQ when idle, PINGRESP expected back
+#   - every length counts UTF-8 bytes; packet ids run 1..65535, never 0
+#   - every socket call has a timeout (settimeout) and `feed` runs before each one, so no
+#     single call outlasts the watchdog; poll() never waits
+#   - an incoming packet larger than `max_in` is never held in RAM: a PUBLISH is read past
+#     in small pieces (and acknowledged), anything else ends the session
+# Every failure raises MqttError (an OSError), which the app answers with a reconnect.
 import socket
 
-from umqtt import simple
-
 _OFFLINE = b'{"state":"offline"}'
+CONNECT = 0x10
+CONNACK = 0x20
+PUBLISH = 0x30
+PUBACK = 0x40
+SUBSCRIBE = 0x80
+SUBACK = 0x90
+PINGREQ = 0xC0
+PINGRESP = 0xD0
+MAX_IN = 4096  # the largest packet kept: OTA metas are ~700 bytes, commands less
+_CHUNK = 256
+_POLL_MAX = 8  # packets handled per poll()
+_EAGAIN = (11, 110)  # EAGAIN, ETIMEDOUT: nothing there (yet)
 
 
-class MqttError(Exception):
+class MqttError(OSError):
     pass
 
 
-class _Sock:
-    def __init__(self, s, timeout):
-        self._s = s
-        self._t = timeout
-        s.settimeout(timeout)
-
-    def setblocking(self, flag):
-        self._s.settimeout(self._t if flag else 0)
-
-    def connect(self, addr):
-        self._s.connect(addr)
-
-    def read(self, n):
-        return self._s.read(n)
-
-    def write(self, buf, n=None):
-        return self._s.write(buf) if n is None else self._s.write(buf, n)
-
-    def close(self):
-        self._s.close()
+def _b(s):
+    return s.encode() if isinstance(s, str) else bytes(s)
 
 
-class _Sockets:
-    def __init__(self, timeout):
-        self._t = timeout
+def _str(out, s):
+    # A length-prefixed UTF-8 string (MQTT 1.5.3): the length counts bytes.
+    b = _b(s)
+    if len(b) > 65535:
+        raise MqttError("string longer than 65535 bytes")
+    out.append(len(b) >> 8)
+    out.append(len(b) & 0xFF)
+    out.extend(b)
 
-    def socket(self, *args):
-        return _Sock(socket.socket(*args), self._t)
 
-    def getaddrinfo(self, host, port, *args):
-        return socket.getaddrinfo(host, port, *args)
+def packet(kind, body):
+    # Fixed header (type and flags, remaining length varint) + body.
+    n = len(body)
+    if n > 268435455:
+        raise MqttError("packet too large")
+    out = bytearray((kind,))
+    while True:
+        d = n & 0x7F
+        n >>= 7
+        out.append(d | 0x80 if n else d)
+        if not n:
+            break
+    out.extend(body)
+    return out
+
+
+def connect_packet(client_id, user, password, keepalive, will_topic=None, will_msg=b""):
+    flags = 0x02  # clean session
+    body = bytearray(b"\x00\x04MQTT\x04\x00")
+    body.append(keepalive >> 8)
+    body.append(keepalive & 0xFF)
+    _str(body, client_id)
+    if will_topic is not None:
+        flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retained
+        _str(body, will_topic)
+        _str(body, will_msg)
+    if user is not None:
+        flags |= 0x80
+        _str(body, user)
+        if password is not None:
+            flags |= 0x40
+            _str(body, password)
+    body[7] = flags
+    return packet(CONNECT, body)
+
+
+def publish_packet(topic, payload, qos, pid, retain=False, dup=False):
+    body = bytearray()
+    _str(body, topic)
+    if qos:
+        body.append(pid >> 8)
+        body.append(pid & 0xFF)
+    body.extend(_b(payload))
+    return packet(PUBLISH | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0), body)
+
+
+def subscribe_packet(topic, qos, pid):
+    body = bytearray((pid >> 8, pid & 0xFF))
+    _str(body, topic)
+    body.append(qos)
+    return packet(SUBSCRIBE | 0x02, body)
 
 
 class Session:
-    def __init__(self, cfg, status_topic, on_message, keepalive, timeout):
+    def __init__(self, cfg, status_topic, on_message, keepalive, timeout, feed=None, addr=None):
+        # addr: the broker's (ip, port) when the caller resolved it (hw.Board.resolve bounds
+        # DNS); else getaddrinfo here. on_message(topic bytes, payload bytes).
         b = cfg["broker"]
-        simple.socket = _Sockets(timeout)
-        key = cfg["device_key"]
-        c = simple.MQTTClient(key, b["host"], b["port"], key, cfg["mqtt_password"], keepalive)
-        c.set_last_will(status_topic, _OFFLINE, retain=True, qos=1)
-        c.set_callback(on_message)
-        self._c = c
+        self._host = b["host"]
+        self._port = b["port"]
+        self._addr = addr
+        self._id = cfg["device_key"]
+        self._pw = cfg["mqtt_password"]
+        self._will = status_topic
+        self._cb = on_message
+        self._ka = keepalive
+        self._t = timeout
+        self._feed = feed
         self._half_ms = keepalive * 500
         self._sent = 0
+        self._ping_at = None  # when an unanswered PINGREQ went out
+        self.sock = None
+        self.pid = 0  # the last packet id used
+        self.max_in = MAX_IN
+        self.dropped = 0  # incoming PUBLISHes too large to keep
 
-    def _call(self, fn, *args):
-        # umqtt reports a refused CONNACK as MQTTException and a broken reply as an
-        # AssertionError or a failed index into a short read; all of them end the session.
+    # -- socket calls: each bounded by the timeout, the watchdog fed before it -------------
+    def _io(self):
+        s = self.sock
+        if s is None:
+            raise MqttError("not connected")
+        if self._feed is not None:
+            self._feed()
+        return s
+
+    def _write(self, buf):
+        mv = memoryview(buf)
+        while len(mv):
+            try:
+                n = self._io().write(mv)
+            except OSError as e:
+                raise MqttError("write: %r" % (e,))
+            if not n:
+                raise MqttError("write timed out")
+            mv = mv[n:]
+
+    def _read(self, n):
+        out = b""
+        while len(out) < n:
+            try:
+                d = self._io().read(n - len(out))
+            except OSError as e:
+                raise MqttError("read: %r" % (e,))
+            if d is None:
+                raise MqttError("read timed out")
+            if not d:
+                raise MqttError("connection closed by the broker")
+            out += d
+        return out
+
+    def _skip(self, n):
+        # Read past n bytes through one small buffer: nothing allocated per piece.
+        mv = memoryview(bytearray(_CHUNK))
+        while n > 0:
+            try:
+                k = self._io().readinto(mv if n >= _CHUNK else mv[:n])
+            except OSError as e:
+                raise MqttError("read: %r" % (e,))
+            if k is None:
+                raise MqttError("read timed out")
+            if not k:
+                raise MqttError("connection closed by the broker")
+            n -= k
+
+    def _length(self):
+        # Remaining length (MQTT 2.2.3): at most four bytes, 7 bits each.
+        n = 0
+        for i in range(4):
+            d = self._read(1)[0]
+            n |= (d & 0x7F) << (7 * i)
+            if not d & 0x80:
+                return n
+        raise MqttError("remaining length longer than 4 bytes")
+
+    def _pending(self):
+        # The first byte of the next packet if one is there, without waiting.
+        s = self._io()
         try:
-            return fn(*args)
-        except simple.MQTTException as e:
-            raise MqttError("broker refused: %r" % (e,))
-        except (AssertionError, IndexError, TypeError) as e:
-            raise MqttError("protocol: %r" % (e,))
+            s.settimeout(0)
+            d = s.read(1)
+        except OSError as e:
+            if e.args and e.args[0] in _EAGAIN:
+                d = None
+            else:
+                raise MqttError("read: %r" % (e,))
+        finally:
+            s.settimeout(self._t)
+        if d is None:
+            return None
+        if not d:
+            raise MqttError("connection closed by the broker")
+        return d[0]
+
+    # -- packets in ------------------------------------------------------------------------
+    def _next(self, first=None):
+        # Read one packet; PUBLISH and PINGRESP are handled here. Returns (type, body) of
+        # anything else (body bytes, at most max_in long).
+        h = self._read(1)[0] if first is None else first
+        n = self._length()
+        kind = h & 0xF0
+        if kind == PUBLISH:
+            self._publish_in(h, n)
+            return PUBLISH, None
+        if n > self.max_in:
+            raise MqttError("packet of %d bytes from the broker" % n)
+        body = self._read(n) if n else b""
+        if kind == PINGRESP:
+            self._ping_at = None
+        return kind, body
+
+    def _publish_in(self, h, n):
+        qos = (h >> 1) & 3
+        if qos == 3:
+            raise MqttError("PUBLISH with QoS 3")
+        if qos == 2:
+            raise MqttError("PUBLISH with QoS 2 (subscribed with 1)")
+        if n < 2:
+            raise MqttError("PUBLISH too short")
+        tn = self._read(2)
+        tn = tn[0] << 8 | tn[1]
+        rest = n - 2 - tn - (2 if qos else 0)
+        if rest < 0:
+            raise MqttError("PUBLISH shorter than its topic")
+        big = n > self.max_in
+        if big:
+            self._skip(tn)
+            topic = None
+        else:
+            topic = self._read(tn)
+        pid = 0
+        if qos:
+            p = self._read(2)
+            pid = p[0] << 8 | p[1]
+        if big:
+            self._skip(rest)
+            self.dropped += 1
+        else:
+            msg = self._read(rest) if rest else b""
+        if qos:
+            self._write(packet(PUBACK, bytes((pid >> 8, pid & 0xFF))))
+        if not big:
+            self._cb(topic, msg)
+
+    def _wait(self, kind, pid):
+        # Read until the packet `kind` with packet id `pid` arrives; PUBLISHes that come
+        # first are delivered on the way. The broker has keepalive x 1.5 to answer.
+        for _ in range(64):
+            k, body = self._next()
+            if k == PUBLISH:
+                continue
+            if k == kind and len(body) >= 2 and (body[0] << 8 | body[1]) == pid:
+                return body
+            if k in (PINGRESP, PUBACK, SUBACK):
+                continue  # a late answer to an earlier request (one QoS 1 is in flight)
+            raise MqttError("unexpected packet 0x%02x" % k)
+        raise MqttError("no answer from the broker")
+
+    # -- the app's calls -------------------------------------------------------------------
+    def _next_pid(self):
+        self.pid = self.pid % 65535 + 1
+        return self.pid
 
     def connect(self, now):
-        self._call(self._c.connect)
+        addr = self._addr
+        if addr is None:
+            if self._feed is not None:
+                self._feed()
+            addr = socket.getaddrinfo(self._host, self._port)[0][-1]
+        s = socket.socket()
+        self.sock = s
+        try:
+            s.settimeout(self._t)
+            self._io().connect(addr)
+            self._write(
+                connect_packet(self._id, self._id, self._pw, self._ka, self._will, _OFFLINE)
+            )
+            if self._read(1)[0] != CONNACK:
+                raise MqttError("no CONNACK")
+            if self._length() != 2:
+                raise MqttError("bad CONNACK")
+            ack = self._read(2)
+            if ack[1]:
+                raise MqttError("broker refused: code %d" % ack[1])
+        except BaseException as e:
+            self.close()
+            if isinstance(e, OSError) and not isinstance(e, MqttError):
+                raise MqttError("connect: %r" % (e,))
+            raise
         self._sent = now
+        self._ping_at = None
 
-    def subscribe(self, topic):
-        self._call(self._c.subscribe, topic, 1)
+    def subscribe(self, topic, qos=1):
+        pid = self._next_pid()
+        self._write(subscribe_packet(topic, qos, pid))
+        body = self._wait(SUBACK, pid)
+        if len(body) != 3 or body[2] not in (0, 1, 2):
+            raise MqttError("subscription to %s refused" % topic)
 
-    def publish(self, topic, payload, now, retain=False):
-        # Returns once the broker acknowledged (QoS 1); raises OSError or MqttError.
-        self._call(self._c.publish, topic, payload, retain, 1)
+    def publish(self, topic, payload, now, retain=False, qos=1):
+        # Returns once the broker acknowledged (QoS 1); raises MqttError.
+        pid = self._next_pid() if qos else 0
+        self._write(publish_packet(topic, payload, qos, pid, retain))
         self._sent = now
+        if qos:
+            self._wait(PUBACK, pid)
 
     def poll(self):
-        # Handle whatever arrived (the callback runs in here); never waits.
-        self._call(self._c.check_msg)
+        # Handle whatever arrived (on_message runs in here); never waits for a packet to
+        # start, and reads one that started within the timeout.
+        for _ in range(_POLL_MAX):
+            h = self._pending()
+            if h is None:
+                return
+            k, _ = self._next(h)
+            if k not in (PUBLISH, PINGRESP, PUBACK, SUBACK):
+                raise MqttError("unexpected packet 0x%02x" % k)
 
     def keepalive(self, now):
+        if self._ping_at is not None and now - self._ping_at >= self._ka * 1000:
+            raise MqttError("no PINGRESP within %d s" % self._ka)
         if now - self._sent >= self._half_ms:
-            self._call(self._c.ping)
+            self._write(packet(PINGREQ, b""))
             self._sent = now
+            if self._ping_at is None:
+                self._ping_at = now
 
     def close(self):
         # Just drop the socket: no DISCONNECT, so the broker publishes the last will
         # ("offline") until the next session says otherwise.
-        s = self._c.sock
-        self._c.sock = None
+        s = self.sock
+        self.sock = None
         if s is not None:
             try:
                 s.close()

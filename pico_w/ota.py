@@ -123,7 +123,7 @@ def wanted(m, source, current, store, device_type, channel):
 
 
 class Updater:
-    def __init__(self, cfg, version, store, pubkey, epoch):
+    def __init__(self, cfg, version, store, pubkey, epoch, resolve=None):
         self.version = version
         self.store = store
         self._pub = pubkey
@@ -131,6 +131,8 @@ class Updater:
         self._type = cfg["device_type"]
         self._chan = cfg["channel"]
         self._epoch = epoch  # callable: Unix time, or None while the clock is unset
+        self._resolve = resolve  # callable (host, port) -> address; hw.Board.resolve
+        self._trial_s = cfg.get("ota_trial_s")  # None: boot.py's default deadline
         self._offers = {}  # source -> newest raw meta not looked at yet
         self._seen = {}  # source -> digest of the last meta looked at
         self._manifests = {}  # source -> verified manifest
@@ -180,6 +182,9 @@ class Updater:
             if pin != self.store.pin:
                 self.store.pin = pin
                 self.store.save()
+        if m["action"] != "install" and self.store.done.get(source) == _ident(m):
+            return  # installed once already; this is its retained copy again
+        m["source"] = source
         self._manifests[source] = m
 
     def next(self, now, feed=None):
@@ -253,7 +258,7 @@ class Updater:
         got = start
         if start < size:
             try:
-                r = httpc.get(m["artifact_url"], start=start)
+                r = httpc.get(m["artifact_url"], start=start, feed=feed, resolve=self._resolve)
             except (OSError, httpc.HttpError) as e:
                 raise OtaError("download_error", "connect: %r" % (e,))
             try:
@@ -323,11 +328,20 @@ class Updater:
             "boots": 0,
             "prev": self.version,
         }
+        if self._trial_s:
+            st.pending["trial_ms"] = int(self._trial_s * 1000)
         st.dl = None
+        if m["action"] != "install":
+            st.done[m.get("source", DEVICE)] = _ident(m)
         self._report("verified", m)
         os.rename(otastate.PART, otastate.APP)
         st.pending["phase"] = "trial"
         self._report("applied", m, detail="restarting")
+
+
+def _ident(m):
+    # What tells one pin/rollback meta from another: when it was made, and what it installs.
+    return "%s:%s" % (m.get("created_at"), m["sha256"])
 
 
 def _hash_into(h, path, n):

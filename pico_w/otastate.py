@@ -2,7 +2,9 @@
 #
 #   ota.json  {"seq": last report number, "pending": update in flight or null,
 #              "outbox": reports not yet acknowledged by the broker, "bad": artifacts that
-#              were rolled back, "pin": version pinned by the hub, "dl": artifact in ota.part}
+#              were rolled back, "pin": version pinned by the hub, "dl": artifact in ota.part,
+#              "down_at": per source, created_at of the newest pin/rollback meta seen,
+#              "done": per source, "created_at:sha256" of the pin/rollback last installed}
 #
 # An update goes: ota.part verified -> main.py copied to main.py.bak -> pending written
 # (phase "apply") -> ota.part renamed over main.py -> phase "trial". Each step is one file
@@ -22,6 +24,7 @@ BAK_TMP = "main.py.bak.tmp"
 PART = "ota.part"
 STATE = "ota.json"
 MAX_BOOTS = 3
+trial_ms = None  # set by on_boot() on a trial boot: the deadline the update asked for
 _OUTBOX_MAX = 10
 _BAD_MAX = 4
 
@@ -90,6 +93,9 @@ class Store:
         # Per source (device, channel): created_at of the newest pin/rollback meta accepted;
         # an older one from the same source is a replay.
         self.down_at = d.get("down_at") or {}
+        # Per source: the pin/rollback meta last installed. Its retained copy comes back after
+        # every reset; installing it again would undo any rollout that came after it.
+        self.done = d.get("done") or {}
 
     def save(self):
         doc = {
@@ -100,6 +106,7 @@ class Store:
             "pin": self.pin,
             "dl": self.dl,
             "down_at": self.down_at,
+            "done": self.done,
         }
         tmp = STATE + ".tmp"
         with open(tmp, "w") as f:
@@ -150,6 +157,7 @@ class Store:
 def on_boot(store=None):
     # Run by boot.py before main.py. Returns True when this is a trial boot of a new version
     # (boot.py then arms the watchdog, so a main.py that hangs or drops to the REPL resets).
+    global trial_ms
     st = store or Store()
     p = st.pending
     if not p:
@@ -171,6 +179,7 @@ def on_boot(store=None):
         p["boots"] = p.get("boots", 0) + 1
         if p["boots"] <= MAX_BOOTS:
             st.save()
+            trial_ms = p.get("trial_ms")
             return True
         p["phase"] = phase = "rollback"
         st.save()

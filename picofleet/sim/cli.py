@@ -12,6 +12,8 @@ from typing import Annotated, cast
 import typer
 
 from picofleet.cli import CommandError, DataDir, settings_for
+from picofleet.credentials import FleetKeys
+from picofleet.settings import Settings
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -37,7 +39,8 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int | None, typer.Option(help="Broker port [mqtt_port].")] = None,
         shard: Annotated[str | None, typer.Option(hidden=True)] = None,
         firmware: Annotated[
-            bool, typer.Option(help="Run N copies of the real pico_w firmware loop instead.")
+            bool,
+            typer.Option(help="Run N boards of the real pico_w firmware in MicroPython instead."),
         ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="JSON summary.")] = False,
     ) -> None:
@@ -53,20 +56,7 @@ def register(app: typer.Typer) -> None:
         if fmt not in ("legacy", "v1", "mixed"):
             raise CommandError("--format must be legacy, v1 or mixed")
         if firmware:
-            from picofleet.sim import firmware as fw
-
-            http = f"http://{host}:{settings.http_port}"
-            asyncio.run(
-                fw.run_firmware_fleet(
-                    n=devices,
-                    mqtt_host=host,
-                    mqtt_port=port,
-                    http_base=http,
-                    keys=keys,
-                    prefix=settings.topic_prefix,
-                    duration=duration,
-                )
-            )
+            _boards(settings, keys, devices, host, port, duration)
             return
         if processes > 1 and shard is None:
             _fan_out(processes, devices, rate)
@@ -108,6 +98,36 @@ def register(app: typer.Typer) -> None:
         else:
             for k2, v in summary.items():
                 typer.echo(f"{k2}: {v}")
+
+    def _boards(
+        settings: Settings, keys: FleetKeys, n: int, host: str, port: int, duration: float
+    ) -> None:
+        # real MicroPython boards (picofleet.sim.board), flashed as `usb flash` would
+        from pi_server.usb._config import ota_public_key
+        from picofleet.sim.board import available
+        from picofleet.sim.board.fleet import run_board_fleet
+
+        if not available():
+            raise CommandError(
+                "--firmware needs node and npm @micropython/micropython-webassembly-pyscript"
+                " (make node_modules/.installed, or set PICOFLEET_MPY_DIR)"
+            )
+        reports = asyncio.run(
+            run_board_fleet(
+                n=n,
+                mqtt_host=host,
+                mqtt_port=port,
+                http_base=f"http://{host}:{settings.http_port}",
+                keys=keys,
+                prefix=settings.topic_prefix,
+                duration=duration,
+                ota_key=ota_public_key(settings.data_path),
+            )
+        )
+        for r in reports:
+            typer.echo(f"{r.key}: boots {r.boots}, resets {r.resets or 'none'}")
+            for line in r.last_lines:
+                typer.echo(f"    {line}")
 
     def _fan_out(processes: int, devices: int, rate: float) -> None:
         argv = [a for a in sys.argv[1:] if not a.startswith("--processes")]

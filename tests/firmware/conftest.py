@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from picofleet.firmware import firmware_dir
 from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE = ROOT / "pico_w"
+FIRMWARE = firmware_dir("pico_w")
 RUNNER = Path(__file__).with_name("run_mpy.mjs")
 MPY_PKG = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 

@@ -6,6 +6,13 @@
 // Every --file is written to /NAME in the MicroPython VFS (the import path starts at /).
 // The script's output goes to stdout; an uncaught Python exception prints its traceback
 // to stderr and exits with status 1.
+//
+// Garbage collection: this build defers gc.collect() to the top level (between two
+// runPython calls), since it cannot scan the wasm stack; inside one run nothing is ever
+// freed and the heap just grows (so --heap limits nothing). A line `#:collect` in SCRIPT
+// splits it: each part runs as its own runPython with the same globals, and the collection
+// a part asked for with gc.collect() has happened when the next part starts. Live heap is
+// measured as `gc.collect()`, `#:collect`, then `gc.mem_alloc()`.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, resolve } from "node:path";
@@ -51,7 +58,9 @@ for (const [name, path] of opts.files) {
   mp.FS.writeFile("/" + name, readFileSync(path));
 }
 try {
-  mp.runPython(readFileSync(opts.script, "utf8"));
+  for (const part of readFileSync(opts.script, "utf8").split(/^#:collect[ \t]*$/m)) {
+    mp.runPython(part);
+  }
 } catch (err) {
   process.stderr.write(String(err && err.message ? err.message : err) + "\n");
   process.exit(1);

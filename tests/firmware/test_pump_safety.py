@@ -1,28 +1,23 @@
-"""Pump safety as a state machine: hypothesis drives pico_w/pump.py with any sequence of
-commands, soil readings, limit changes, faults and ticks of time, and checks after every step
-that no run outlasts its limit and that the pump rests for its cooldown between runs. Then
-hw.Board's hardware timer: the relay drops even when the loop that should stop it stalls."""
+"""Pump safety as a state machine: hypothesis writes programs of commands, soil readings,
+limit changes, faults and ticks of time; each batch is replayed on the unmodified
+pico_w/pump.py in real MicroPython (tests/firmware/mp/pump_replay.py), and CPython checks
+the trace step by step: no run outlasts its limit, the pump rests for its cooldown between
+runs, refusals carry the contract's codes. (The relay's hardware backstop: case_hw.py.)"""
 
 from __future__ import annotations
 
-import functools
-import time
+import json
+import math
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from picofleet.sim.firmware import Interpreter, VirtualBoard, flash
-from tests.firmware.conftest import FIRMWARE
+from tests.firmware.conftest import FIRMWARE, run_mpy
 
-
-@functools.cache
-def pump_module() -> Any:
-    # pump.py is pure: one copy, loaded the way a board loads it (the flash is the source dir)
-    return Interpreter(VirtualBoard("PUMP", FIRMWARE)).load("pump")
-
+REPLAY = Path(__file__).parent / "mp" / "pump_replay.py"
+BATCH = 25  # programs per interpreter run
 
 limits = st.fixed_dictionaries(
     {
@@ -42,106 +37,74 @@ seconds = st.one_of(
     st.text(max_size=3),
 )
 
-
-class PumpMachine(RuleBasedStateMachine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0
-        self.p: Any = None
-        self.limits: dict[str, Any] = {}
-        self.was_on = False
-        self.started = 0
-        self.run_limit_ms = 0
-        self.stopped: int | None = None
-
-    @initialize(lim=limits, start=st.integers(0, 10**9))
-    def setup(self, lim: dict[str, Any], start: int) -> None:
-        self.now = start
-        self.limits = lim
-        self.p = pump_module().Pump(lim)
-
-    def _observe(self) -> None:
-        on = self.p.on
-        if on and not self.was_on:
-            if self.stopped is not None:
-                rest = self.now - self.stopped
-                assert rest >= self.limits["cooldown_s"] * 1000, (rest, self.limits)
-            self.started = self.now
-            self.run_limit_ms = self.limits["max_run_s"] * 1000
-        if self.was_on and not on:
-            self.stopped = self.now
-        self.was_on = on
-
-    @rule(dt=st.one_of(st.integers(0, 2000), st.integers(0, 700_000)))
-    def time_passes(self, dt: int) -> None:
-        self.now += dt
-        self.p.tick(self.now)
-        self._observe()
-
-    @rule(pct=st.one_of(st.none(), st.floats(0, 100)))
-    def soil_reading(self, pct: float | None) -> None:
-        self.p.moisture(pct, self.now)
-        self._observe()
-
-    @rule(secs=seconds)
-    def pump_command(self, secs: Any) -> None:
-        try:
-            self.p.start(secs, self.now)
-        except pump_module().PumpError as e:
-            assert e.args[0] in ("out_of_bounds", "bad_args", "cooldown")
-        self._observe()
-
-    @rule()
-    def stop_command(self) -> None:
-        self.p.stop(self.now)
-        self._observe()
-        assert not self.p.on
-
-    @rule()
-    def fault(self) -> None:
-        self.p.error(self.now, "relay driver error")
-        self._observe()
-        assert not self.p.on
-
-    @rule(lim=limits)
-    def config_change(self, lim: dict[str, Any]) -> None:
-        self.limits = lim
-        self.p.set_limits(lim, self.now)
-        if self.p.on:
-            self.run_limit_ms = min(self.run_limit_ms, lim["max_run_s"] * 1000)
-        self._observe()
-
-    @invariant()
-    def never_past_the_limit(self) -> None:
-        if self.p is not None and self.p.on:
-            assert self.now - self.started < self.run_limit_ms
-            assert self.p.remaining_ms(self.now) <= self.run_limit_ms - (self.now - self.started)
-
-    @invariant()
-    def counters_never_negative(self) -> None:
-        if self.p is not None:
-            assert self.p.remaining_ms(self.now) >= 0 and self.p.cooldown_ms(self.now) >= 0
-
-
-PumpMachine.TestCase.settings = settings(
-    max_examples=300,
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+# plausible commands and short waits are drawn more often: a run gets extended mid-way
+step = st.one_of(
+    st.tuples(st.just("time"), st.one_of(st.integers(0, 2000), st.integers(0, 700_000))),
+    st.tuples(st.just("time"), st.integers(0, 30_000)),
+    st.tuples(st.just("soil"), st.one_of(st.none(), st.floats(0, 100))),
+    st.tuples(st.just("cmd"), seconds),
+    st.tuples(st.just("cmd"), st.integers(1, 120)),
+    st.tuples(st.just("cmd"), st.integers(1, 120)),
+    st.tuples(st.just("stop"), st.none()),
+    st.tuples(st.just("fault"), st.none()),
+    st.tuples(st.just("limits"), limits),
 )
-TestPumpSafety = PumpMachine.TestCase
+program = st.tuples(limits, st.integers(0, 10**9), st.lists(step, min_size=1, max_size=60))
 
 
-def test_hardware_timer_drops_the_relay_when_the_loop_stalls(tmp_path: Path) -> None:
-    flash(tmp_path, None, source=FIRMWARE)
-    board = VirtualBoard("PUMP", tmp_path)
-    hw = Interpreter(board).load("hw")
-    b = hw.Board({"relay": 15, "relay_active_high": True, "moisture_adc": 26})
-    b.relay(True, 200)  # the app asks for 0.2 s ... and then never runs again
-    assert board.relay_on and b.relay_is_on()
-    deadline = time.monotonic() + 3
-    while board.relay_on and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not board.relay_on, "the backstop timer did not drop the relay"
-    on, off = board.relay_log[0][0], board.relay_log[1][0]
-    assert 0.6 <= off - on < 2.0  # the planned end plus the backstop's margin
+def _json_arg(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return ["nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")]
+    return v
+
+
+def _replay(programs: list[Any], tmp: Path) -> list[list[list[Any]]]:
+    doc = [[lim, now, [[op, _json_arg(a)] for op, a in steps]] for lim, now, steps in programs]
+    (tmp / "programs.json").write_text(json.dumps(doc))
+    out = run_mpy(
+        str(REPLAY),
+        {"pump.py": FIRMWARE / "pump.py", "programs.json": tmp / "programs.json"},
+    )
+    traces = [json.loads(line) for line in out.splitlines() if line.startswith("[")]
+    assert len(traces) == len(programs)
+    return traces
+
+
+def _check(prog: Any, trace: list[list[Any]]) -> None:
+    lim, _, steps = prog
+    limits_now = lim
+    was_on, started, run_limit, stopped = False, 0, 0, None
+    for (op, arg), (now, on, remaining, cooldown, err) in zip(steps, trace, strict=True):
+        if op == "limits":
+            limits_now = arg
+            if on:
+                run_limit = min(run_limit, arg["max_run_s"] * 1000)
+        if op == "cmd" and err is not None:
+            assert err in ("out_of_bounds", "bad_args", "cooldown"), err
+        if op in ("stop", "fault"):
+            assert not on
+        if on and not was_on:
+            if stopped is not None:
+                rest = now - stopped
+                assert rest >= limits_now["cooldown_s"] * 1000, (rest, limits_now)
+            started = now
+            run_limit = limits_now["max_run_s"] * 1000
+        if was_on and not on:
+            stopped = now
+        was_on = on
+        assert remaining >= 0 and cooldown >= 0
+        if on:
+            assert now - started < run_limit, (now - started, run_limit)
+            assert remaining <= run_limit - (now - started)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(program, min_size=BATCH, max_size=BATCH))
+def test_pump_safety_in_micropython(tmp_path_factory: Any, programs: list[Any]) -> None:
+    traces = _replay(programs, tmp_path_factory.mktemp("pump"))
+    for prog, trace in zip(programs, traces, strict=True):
+        _check(prog, trace)

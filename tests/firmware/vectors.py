@@ -102,6 +102,33 @@ def build(keys: FleetKeys) -> dict[str, Any]:
         "wrong_key_id": signed_meta(other, good),
         "bad_sig_b64": json.dumps({"manifest": good, "sig": "***", "key_id": kid}),
         "bad_manifest": signed_meta(signer, manifest(sha256="nothex")),
+        # an `ota rollback` to 1.0.0, an older and a newer one, and the rollout that follows
+        **{
+            name: signed_meta(
+                signer,
+                manifest(
+                    version="1.0.0",
+                    action="rollback",
+                    created_at=at,
+                    rollout="8",
+                    sha256=hashlib.sha256(b"old").hexdigest(),
+                ),
+            )
+            for name, at in (
+                ("rollback", 1_763_000_500),
+                ("rollback_older", 1_763_000_400),
+                ("rollback_newer", 1_763_000_900),
+            )
+        },
+        "rollout_after": signed_meta(
+            signer,
+            manifest(
+                version="1.2.0",
+                created_at=1_763_000_600,
+                rollout="9",
+                sha256=hashlib.sha256(b"new").hexdigest(),
+            ),
+        ),
     }
     serial, ts, nonce = "E6614103E7452D2F", 1_763_000_123, "0123456789abcdef"
     return {

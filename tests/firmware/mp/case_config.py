@@ -125,3 +125,24 @@ def test_remote_update_within_bounds():
             raise AssertionError("accepted %r" % (change,))
         except config.ConfigError:
             pass
+
+
+def test_ota_trial_s_is_optional_and_bounded():
+    assert config.validate(_copy(GOOD))["ota_trial_s"] is None
+    doc = _copy(GOOD)
+    doc["ota_trial_s"] = 45
+    assert config.validate(doc)["ota_trial_s"] == 45
+    for bad in (5, 7200, "60", True):
+        doc["ota_trial_s"] = bad
+        assert _error(doc), bad
+
+
+def test_device_type_of_a_pico_2_w():
+    doc = _copy(GOOD)
+    doc["device_type"] = "pico2_w"
+    assert config.validate(doc)["device_type"] == "pico2_w"
+    # no device_type in config.json: the board's own machine string decides
+    assert config.board_type("Raspberry Pi Pico 2 W with RP2350") == "pico2_w"
+    assert config.board_type("Raspberry Pi Pico W with RP2040") == "pico_w"
+    del doc["device_type"]
+    assert config.validate(doc)["device_type"] == "pico_w"  # this interpreter is no RP2350

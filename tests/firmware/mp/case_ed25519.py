@@ -62,6 +62,14 @@ def test_feed_is_called_during_a_verify():
     assert len(calls) >= 7
 
 
+def test_feed_is_called_per_block_of_the_message():
+    # SHA-512 in Python is the slow part of a verify: no long stretch without a feed
+    calls = []
+    pk, msg, sig = [_b(x) for x in V["made"][-1]]  # 1500 bytes: 12 blocks
+    assert ed25519.verify(pk, msg, sig, lambda: calls.append(1))
+    assert len(calls) >= 8 + (len(msg) + 127) // 128, len(calls)
+
+
 def test_zz_time_one_verify():
     pk, msg, sig = [_b(x) for x in V["made"][-1]]
     n = 3

@@ -171,3 +171,73 @@ def test_nothing_pending_is_a_normal_boot():
     assert otastate.on_boot() is False
     assert not otastate.exists("ota.json") or otastate.Store().pending is None
     os.listdir("/")
+
+
+# -- a rollback is installed once (issue 19, finding 3) -----------------------------------
+CFG = {"ota_key_id": KID, "device_type": "pico_w", "channel": "stable"}
+
+
+def _updater(version):
+    return ota.Updater(CFG, version, otastate.Store(), PUB, lambda: 1763000700)
+
+
+def _offer(up, source, name):
+    up.offer(source, V["metas"][name].encode())
+    return up.next(0)
+
+
+def _install_without_download(up, m):
+    # what install() does once the artifact is verified: ota.part -> main.py, pending
+    _write("ota.part", b"VERSION = '%s'\n" % m["version"].encode())
+    up._apply(m)
+    assert otastate.on_boot() is True  # the reset into the trial
+    st = otastate.Store()
+    st.confirm(m["version"])
+
+
+def test_a_rollback_is_not_installed_again_after_the_next_rollout():
+    _clean()
+    _write("main.py", b"VERSION = '1.1.0'\n")
+    up = _updater("1.1.0")
+    m = _offer(up, ota.DEVICE, "rollback")
+    assert m is not None and m["action"] == "rollback" and m["version"] == "1.0.0"
+    _install_without_download(up, m)
+    # now on 1.0.0, the retained per-device rollback meta is still there after the reset,
+    # and a new rollout (1.2.0) comes on the channel: it is taken
+    up = _updater("1.0.0")
+    assert _offer(up, ota.DEVICE, "rollback") is None
+    m = _offer(up, ota.CHANNEL, "rollout_after")
+    assert m is not None and m["version"] == "1.2.0"
+    _install_without_download(up, m)
+    # the reset into 1.2.0: the same rollback meta is retained still; taking it again would
+    # loop (1.2.0 -> 1.0.0 -> 1.2.0 ...)
+    up = _updater("1.2.0")
+    up.offer(ota.CHANNEL, V["metas"]["rollout_after"].encode())
+    assert _offer(up, ota.DEVICE, "rollback") is None
+    failed = [r for r in otastate.Store().outbox if r["state"] == "failed"]
+    assert failed == []  # seen again is not an attack: nothing reported
+
+
+def test_an_older_rollback_is_refused_and_a_newer_one_taken():
+    _clean()
+    _write("main.py", b"VERSION = '1.1.0'\n")
+    up = _updater("1.1.0")
+    _install_without_download(up, _offer(up, ota.DEVICE, "rollback"))
+    up = _updater("1.2.0")
+    assert _offer(up, ota.DEVICE, "rollback_older") is None
+    assert otastate.Store().outbox[-1]["reason"] == "replayed"
+    m = _offer(up, ota.DEVICE, "rollback_newer")
+    assert m is not None and m["created_at"] == 1_763_000_900
+
+
+def test_the_trial_deadline_travels_with_the_update():
+    _clean()
+    _write("main.py", b"VERSION = '1.1.0'\n")
+    cfg = dict(CFG)
+    cfg["ota_trial_s"] = 45
+    up = ota.Updater(cfg, "1.1.0", otastate.Store(), PUB, lambda: 1763000700)
+    m = _offer(up, ota.DEVICE, "rollback")
+    _write("ota.part", b"VERSION = '1.0.0'\n")
+    up._apply(m)
+    assert otastate.Store().pending["trial_ms"] == 45000
+    assert otastate.on_boot() is True and otastate.trial_ms == 45000

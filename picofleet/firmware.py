@@ -1,0 +1,19 @@
+"""Where the MicroPython firmware sources are: the repository's ``pico_w/`` (``pico_usb/``)
+in a source tree, else the copy the wheel ships as package data (``picofleet.pico_w``)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+APPS = ("pico_w", "pico_usb")
+
+
+def firmware_dir(app: str = "pico_w") -> Path:
+    if app not in APPS:
+        raise ValueError(f"unknown firmware {app!r}; one of {', '.join(APPS)}")
+    repo = Path(__file__).resolve().parents[1] / app
+    if repo.is_dir():
+        return repo
+    package = importlib.import_module(f"picofleet.{app}")
+    return Path(next(iter(package.__path__)))

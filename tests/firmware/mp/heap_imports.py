@@ -1,0 +1,21 @@
+# Live heap of the firmware's modules once imported, as a board holds them before the app
+# starts: gc.collect(), then gc.mem_alloc() at the interpreter's top level (#:collect; see
+# tests/firmware/run_mpy.mjs). The hardware stand-ins are imported first, into the baseline.
+import gc
+import socket  # noqa: F401
+
+import machine  # noqa: F401
+import network  # noqa: F401
+
+gc.collect()
+#:collect
+base = gc.mem_alloc()
+import app  # noqa: E402, F401
+import ed25519  # noqa: E402, F401
+import httpc  # noqa: E402, F401
+import hw  # noqa: E402, F401
+import ota  # noqa: E402, F401
+
+gc.collect()
+#:collect
+print("HEAP imports", gc.mem_alloc() - base)
