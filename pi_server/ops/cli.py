@@ -34,7 +34,9 @@ def _keys(settings: Settings) -> FleetKeys:
         raise CommandError(str(exc)) from None
 
 
-def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
+def _broker(settings: Settings, mqtt: str | None, *, device: bool = False) -> tuple[str, int]:
+    """Where to connect: as a device (smoke) to the devices' listener, else to the hub's
+    (they differ on a managed Mosquitto, broker/mosquitto.py)."""
     try:
         if mqtt:
             return mqtt_endpoint(mqtt)
@@ -42,7 +44,7 @@ def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
             return mqtt_endpoint(settings.mqtt_url)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    return "127.0.0.1", settings.hub_mqtt_port  # operators: the hub's listener on Mosquitto
+    return "127.0.0.1", settings.mqtt_port if device else settings.hub_mqtt_port
 
 
 def tail(
@@ -160,7 +162,7 @@ def smoke(
     from picofleet.topics import valid_device_key
 
     settings = settings_for(data_dir)
-    host, port = _broker(settings, mqtt)
+    host, port = _broker(settings, mqtt, device=True)
     run = sm.Smoke(
         http=http or f"http://127.0.0.1:{settings.http_port}",
         mqtt_host=host,
