@@ -124,7 +124,7 @@ function flashOp(what, p, p2) {
   ops += 1;
   const left = Atomics.sub(ctl, CUT, 1);
   if (left === 1) {
-    call("powercut", what, p, ops);
+    call("powercut", what, norm(p), ops);
     hang();
   }
   if (left <= 0) Atomics.store(ctl, CUT, -1);
