@@ -69,6 +69,17 @@ const host = {
   },
 };
 
+// littlefs blocks the flash directory takes: a block per directory, at least one per file
+function flashBlocks(dir, block) {
+  let n = 0;
+  for (const name of fs.readdirSync(dir)) {
+    const p = path.join(dir, name);
+    const st = fs.statSync(p);
+    n += st.isDirectory() ? 1 + flashBlocks(p, block) : Math.max(1, Math.ceil(st.size / block));
+  }
+  return n;
+}
+
 // soft timers while Python is idle: the JS event loop calls _rt.run_timers() on time
 let timerHandle = null;
 let runTimers = null;

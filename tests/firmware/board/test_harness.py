@@ -80,6 +80,8 @@ async def test_sockets_behave_like_rp2_lwip(tmp_path: Path) -> None:
         "connect_again": ("ok", None),
         "connect_twice": ("OSError", 106),
         "refused": ("OSError", 104),
+        "statvfs": (4096, 4096, 212, 209),  # 848 KB littlefs; root + main.py blocks used
+        "urandom": 8,
         "done": 1,
     }, board.console()
 
