@@ -1,4 +1,5 @@
 # main.py for test_harness: rp2 socket semantics against the test's TCP server at PORT.
+import os
 import socket
 import time
 
@@ -54,8 +55,6 @@ s.close()
 s = socket.socket()
 s.settimeout(1)
 r("refused", err(lambda: s.connect(("127.0.0.1", 1))))
-import os
-
 r("statvfs", os.statvfs("/")[:4])
 r("urandom", len(os.urandom(8)))
 r("done", 1)
