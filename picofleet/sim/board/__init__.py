@@ -253,7 +253,9 @@ class Board:
             return [e["line"] for e in self.events if e["ev"] == "out"]
 
     def console(self, last: int = 40) -> str:
-        return "\n".join(self.lines()[-last:] + self._stderr[-10:])
+        """The last lines of output, plus harness failures (crash events, Node's stderr)."""
+        crashes = [f"[harness crash] {e['error']}" for e in self.of("crash")]
+        return "\n".join(self.lines()[-last:] + crashes + self._stderr[-10:])
 
     def of(self, kind: str) -> list[Event]:
         with self._cv:
@@ -315,7 +317,7 @@ class Board:
                         return self.events[i]
                     i += 1
                 left = end - time.monotonic()
-                if left <= 0 or (self._proc is None and not self._reading()):
+                if left <= 0 or not self._reading():
                     raise BoardError(f"{self.name}: waited {timeout} s in vain\n{self.console()}")
                 self._cv.wait(min(left, 0.5))
 
