@@ -145,6 +145,11 @@ class BrokerSock:
         d, self.rx = self.rx[:n], self.rx[n:]
         return d
 
+    def recv(self, n):
+        if not self.rx and self.timeout == 0:
+            raise OSError(11)
+        return self.read(n)
+
     def close(self):
         pass
 
