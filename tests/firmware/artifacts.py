@@ -114,12 +114,15 @@ async def put_channel_meta(pool: asyncpg.Pool, payload: str, channel: str = "sta
 # -- a proxy that cuts downloads ------------------------------------------------------------
 class CutProxy:
     """TCP proxy in front of the hub's HTTP port: the first ``cuts`` responses are reset
-    after ``after`` bytes (a Wi-Fi drop mid-download); later ones pass whole. Records each
-    request's ``Range`` header and how many response bytes each connection carried."""
+    after ``after`` bytes (a Wi-Fi drop mid-download); later ones pass whole, ``pace_s``
+    seconds per KB (a slow link). Records each request's ``Range`` header, each response's
+    status and how many response bytes each connection carried."""
 
-    def __init__(self, target_port: int, *, after: int, cuts: int = 1) -> None:
+    def __init__(
+        self, target_port: int, *, after: int = 0, cuts: int = 0, pace_s: float = 0.0
+    ) -> None:
         self.target_port = target_port
-        self.after, self.cuts = after, cuts
+        self.after, self.cuts, self.pace_s = after, cuts, pace_s
         self.port = free_port()
         self.ranges: list[str | None] = []
         self.statuses: list[int] = []
@@ -140,7 +143,9 @@ class CutProxy:
         await uw.drain()
         sent = 0
         with contextlib.suppress(ConnectionError):
-            while data := await ur.read(4096):
+            while data := await ur.read(1024 if self.pace_s else 4096):
+                if self.pace_s:
+                    await asyncio.sleep(self.pace_s)
                 if not sent:
                     self.statuses.append(int(data.split(None, 2)[1]))
                 if cut and sent + len(data) >= self.after:
