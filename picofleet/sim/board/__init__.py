@@ -130,7 +130,9 @@ class Heap:
 
 class Board:
     """One board. ``flash_dir`` is its flash (``flash()`` it first); the board's access point
-    takes ``ap`` = (ssid, password), by default whatever config.json asks for."""
+    takes ``ap`` = (ssid, password), by default whatever config.json asks for. ``heapsize``:
+    the GC heap modelled for ``gc.mem_free()`` (a Pico W has ~170 KB free after boot); the
+    wasm heap itself grows on demand, so nothing raises MemoryError."""
 
     def __init__(
         self,
@@ -138,7 +140,7 @@ class Board:
         *,
         uid: str = "e661a4d41723262a",
         ap: tuple[str, str] | None = None,
-        heapsize: int = 192 * 1024,
+        heapsize: int = 176 * 1024,
         name: str = "board",
     ) -> None:
         self.flash_dir = Path(flash_dir)

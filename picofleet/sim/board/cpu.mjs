@@ -293,6 +293,10 @@ async function attention() {
 // boot.py then main.py, in __main__ as rp2 runs them. main.py's asyncio.run() schedules the
 // app on this thread's event loop and returns; the board runs on from there.
 heapSample("boot");
+// gc.mem_free() as on a Pico W: a GC heap of `heapsize` bytes, less the firmware's allocations
+mp.runPython(
+  `import sys, gc, _boardgc\ngc.collect()\n_boardgc.heap = ${heapsize}\n_boardgc.baseline = gc.mem_alloc()\nsys.modules["gc"] = _boardgc`,
+);
 runTimers = mp.pyimport("_rt").run_timers;
 if (runFile("boot.py") !== "exit") {
   heapSample("boot.py");
