@@ -32,6 +32,8 @@ from picofleet.pgembed import (
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# Run inside the private checkout: the session's cluster, the hub over HTTP, one-shot CLIs.
+SLICE = ("tests/hub/test_http_ingest.py", "tests/hub/test_cli_up.py::test_creds_and_migrate")
 
 
 @pytest.fixture
@@ -185,7 +187,7 @@ def test_up_and_the_suite_from_a_private_checkout(private_dir: Path) -> None:
             sys.executable,
             "-m",
             "pytest",
-            "tests/hub/test_cli_up.py",
+            *SLICE,
             "-q",
             "-p",
             "no:cacheprovider",
