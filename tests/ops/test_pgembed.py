@@ -45,6 +45,8 @@ def private_dir() -> Iterator[Path]:
     for data in root.rglob(PG_SUBDIR):
         if (data / "PG_VERSION").exists() or data.is_symlink():
             EmbeddedPostgres(data.parent).stop()
+        if data.is_symlink():  # a relocated cluster: its home under SHARED_ROOT goes too
+            shutil.rmtree(data.resolve().parent, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
