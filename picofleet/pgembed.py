@@ -114,7 +114,7 @@ def reachable(user: str, path: Path) -> bool:
 
 
 def _shared_dir(path: Path) -> Path:
-    """A root-owned directory every user can traverse (not list): 0711."""
+    """A root-owned directory every user can traverse (search permission for all)."""
     path.mkdir(parents=True, exist_ok=True)
     for p in (SHARED_ROOT, path):
         mode = p.stat().st_mode & 0o7777
