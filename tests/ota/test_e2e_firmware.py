@@ -14,12 +14,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from pi_server.ota import rollouts
 from pi_server.ota.keys import Signer
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
-from tests.conftest import RunningHub, running_hub
+from picofleet.sim.board import available
+from tests.conftest import RunningHub, need, running_hub
 from tests.firmware.artifacts import CutProxy, release_main
 from tests.firmware.board.kit import until
 from tests.firmware.ota_kit import (
@@ -39,6 +41,11 @@ from tests.ota.conftest import picofleet_json
 
 OLD = release_main("1.0.0")  # what the boards run when flashed
 FLOW = ["received", "downloading", "verified", "applied", "booted_ok"]
+
+
+@pytest.fixture(autouse=True)
+def _board_available() -> None:
+    need(available(), "node + npm @micropython/micropython-webassembly-pyscript")
 
 
 async def release(settings: Settings, tmp_path: Path, version: str, data: bytes) -> None:

@@ -170,6 +170,7 @@ class Board:
             args += ["--ap-ssid", self.ap[0], "--ap-password", self.ap[1]]
         if off:
             args.append("--off")
+        n = self.mark()  # before the process exists: its first event may come at once
         self._proc = subprocess.Popen(
             args,
             stdin=subprocess.PIPE,
@@ -182,7 +183,7 @@ class Board:
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-events", daemon=True)
         self._reader.start()
         threading.Thread(target=self._read_err, daemon=True).start()
-        self.wait(lambda e: e["ev"] == "ready", timeout=30, since=len(self.events))
+        self.wait(lambda e: e["ev"] == "ready", timeout=30, since=n)
 
     def stop(self) -> None:
         """Power off and end the host process (its abandoned sockets close with it)."""

@@ -11,7 +11,7 @@ import * as crypto from "node:crypto";
 const { sab, port, flash, rom, mpy, heapsize, bootInfo } = workerData;
 const ctl = new Int32Array(sab, 0, 8);
 // ctl[0]: reply ready; ctl[2]: flash ops left before a power cut (-1 = none);
-// ctl[3]: host wants attention (idle wakes early)
+// ctl[3]: the host has requests (heap samples, exec) for the next return to the event loop
 const REPLY = 0;
 const CUT = 2;
 const ATTN = 3;
