@@ -421,6 +421,8 @@ class App:
         if not isinstance(c, dict):
             return _ack(None, None, "bad_json", "a command is a JSON object")
         name, cid = c.get("cmd"), c.get("id")
+        if isinstance(cid, str):
+            cid = _utf8(cid)
         now = self.board.ms()
         detail = ""
         try:
@@ -448,6 +450,33 @@ class App:
         finally:
             self._relay(now)
         return _ack(name, cid, None, detail)
+
+
+def _utf8(s):
+    # MicroPython's json.loads turns an escaped pair like \ud83c\udf31 (what CPython's
+    # json.dumps writes for any character past U+FFFF) into two surrogates, which are not
+    # UTF-8 once echoed back: join the pairs, replace lone ones with U+FFFD.
+    b = s.encode()
+    if b"\xed" not in b:
+        return s
+    out = bytearray()
+    i, n = 0, len(b)
+    while i < n:
+        if b[i] == 0xED and i + 2 < n and b[i + 1] >= 0xA0:
+            hi = 0xD000 | (b[i + 1] & 0x3F) << 6 | b[i + 2] & 0x3F
+            if hi < 0xDC00 and i + 5 < n and b[i + 3] == 0xED and b[i + 4] >= 0xB0:
+                lo = 0xD000 | (b[i + 4] & 0x3F) << 6 | b[i + 5] & 0x3F
+                u = 0x10000 + ((hi - 0xD800) << 10) + lo - 0xDC00
+                out.extend(bytes((0xF0 | u >> 18, 0x80 | u >> 12 & 0x3F)))
+                out.extend(bytes((0x80 | u >> 6 & 0x3F, 0x80 | u & 0x3F)))
+                i += 6
+            else:
+                out.extend(b"\xef\xbf\xbd")
+                i += 3
+        else:
+            out.append(b[i])
+            i += 1
+    return out.decode()
 
 
 def _ack(name, cid, error, detail):

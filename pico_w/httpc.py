@@ -1,12 +1,17 @@
 # A small HTTP/1.0 client on a raw socket: GET with an optional `Range: bytes=N-`, status and
 # headers parsed, the body streamed into the caller's buffer (nothing is read whole into RAM).
 # Used for OTA artifacts and for the hub's Date header when NTP is out of reach. Every socket
-# call has a timeout shorter than the watchdog's and `feed` runs before each one; the
-# headers are bounded in count and length. Whatever the server sends, get() raises only
-# OSError or HttpError (a malformed status line or a header that is not UTF-8 included).
+# call has a timeout shorter than the watchdog's and `feed` runs before each one; reads use
+# recv (what is there, at once: rp2's readline and readinto wait for all of it, a timeout
+# per byte), the status line and headers must all arrive within HEAD_MS and are bounded in
+# count and length. Whatever the server sends, get() raises only OSError or HttpError (a
+# malformed status line or a header that is not UTF-8 included).
+import time
+
 
 _LINE_MAX = 512
 _HEADERS_MAX = 32
+HEAD_MS = 5000
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -39,8 +44,9 @@ class Response:
 
     def readinto(self, buf):
         # Bytes read into buf (a bytearray or memoryview); 0 at the end of the body.
-        n = self._sock.readinto(buf)
-        return n or 0
+        d = self._sock.recv(len(buf))
+        buf[: len(d)] = d
+        return len(d)
 
     def close(self):
         if self._sock is not None:
@@ -48,15 +54,21 @@ class Response:
             self._sock = None
 
 
-def _line(s, feed):
-    if feed:
-        feed()
-    line = s.readline(_LINE_MAX)
-    if line is None:
-        raise OSError(110)
-    if line and not line.endswith(b"\n"):
-        raise HttpError("line longer than %d bytes or cut short" % _LINE_MAX)
-    return line
+def _line(s, feed, end):
+    # One header line, byte by byte (the head is small; the body is not read here).
+    out = bytearray()
+    while len(out) < _LINE_MAX:
+        if time.ticks_diff(end, time.ticks_ms()) <= 0:
+            raise HttpError("no complete head within %d ms" % HEAD_MS)
+        if feed:
+            feed()
+        b = s.recv(1)
+        if not b:
+            return bytes(out)  # the server closed
+        out.extend(b)
+        if b == b"\n":
+            return bytes(out)
+    raise HttpError("line longer than %d bytes" % _LINE_MAX)
 
 
 def _status(line):
@@ -97,10 +109,11 @@ def get(url, start=0, timeout=3, feed=None, resolve=None):
         if feed:
             feed()
         s.write((req + "User-Agent: picofleet-pico_w\r\n\r\n").encode())
-        status = _status(_line(s, feed))
+        end = time.ticks_add(time.ticks_ms(), HEAD_MS)
+        status = _status(_line(s, feed, end))
         headers = {}
         for _ in range(_HEADERS_MAX):
-            line = _line(s, feed)
+            line = _line(s, feed, end)
             if not line or line == b"\r\n":
                 break
             name, _, value = line.partition(b":")

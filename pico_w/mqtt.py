@@ -6,11 +6,14 @@
 #   - incoming PUBLISH QoS 0/1 (PUBACK sent), PINGREQ when idle, PINGRESP expected back
 #   - every length counts UTF-8 bytes; packet ids run 1..65535, never 0
 #   - every socket call has a timeout (settimeout) and `feed` runs before each one, so no
-#     single call outlasts the watchdog; poll() never waits
+#     single call outlasts the watchdog; reads use recv (what is there, at once: rp2's read
+#     and readinto wait for all n bytes, a timeout per piece), and one packet field must
+#     arrive within 2 x timeout; poll() never waits
 #   - an incoming packet larger than `max_in` is never held in RAM: a PUBLISH is read past
 #     in small pieces (and acknowledged), anything else ends the session
 # Every failure raises MqttError (an OSError), which the app answers with a reconnect.
 import socket
+import time
 
 _OFFLINE = b'{"state":"offline"}'
 CONNECT = 0x10
@@ -141,33 +144,31 @@ class Session:
                 raise MqttError("write timed out")
             mv = mv[n:]
 
+    def _recv(self, n):
+        try:
+            d = self._io().recv(n)
+        except OSError as e:
+            raise MqttError("read: %r" % (e,))
+        if not d:
+            raise MqttError("connection closed by the broker")
+        return d
+
     def _read(self, n):
-        out = b""
+        d = self._recv(n)
+        if len(d) == n:
+            return d
+        out = bytearray(d)
+        end = time.ticks_add(time.ticks_ms(), int(2000 * self._t))
         while len(out) < n:
-            try:
-                d = self._io().read(n - len(out))
-            except OSError as e:
-                raise MqttError("read: %r" % (e,))
-            if d is None:
-                raise MqttError("read timed out")
-            if not d:
-                raise MqttError("connection closed by the broker")
-            out += d
-        return out
+            if time.ticks_diff(end, time.ticks_ms()) <= 0:
+                raise MqttError("broker too slow: %d of %d bytes" % (len(out), n))
+            out.extend(self._recv(n - len(out)))
+        return bytes(out)
 
     def _skip(self, n):
-        # Read past n bytes through one small buffer: nothing allocated per piece.
-        mv = memoryview(bytearray(_CHUNK))
+        # Read past n bytes, a small piece at a time (garbage the GC takes back).
         while n > 0:
-            try:
-                k = self._io().readinto(mv if n >= _CHUNK else mv[:n])
-            except OSError as e:
-                raise MqttError("read: %r" % (e,))
-            if k is None:
-                raise MqttError("read timed out")
-            if not k:
-                raise MqttError("connection closed by the broker")
-            n -= k
+            n -= len(self._recv(min(n, _CHUNK)))
 
     def _length(self):
         # Remaining length (MQTT 2.2.3): at most four bytes, 7 bits each.

@@ -23,9 +23,19 @@ from picofleet.settings import Settings
 
 HUB_FILE = "hub.json"
 # Settings fields taken from the record (when not given by a flag or PICOFLEET_*).
-RECORDED = ("mqtt_bind", "mqtt_port", "http_bind", "http_port", "topic_prefix", "public_url")
-# ``up`` works its public URL out afresh at each start (the LAN address may have changed).
-RECORDED_FOR_UP = tuple(f for f in RECORDED if f != "public_url")
+RECORDED = (
+    "mqtt_bind",
+    "mqtt_port",
+    "http_bind",
+    "http_port",
+    "topic_prefix",
+    "public_url",
+    "broker",  # with mqtt_hub_port: where operators connect on a managed Mosquitto
+    "mqtt_hub_port",
+)
+# ``up`` works its public URL out afresh at each start (the LAN address may have changed),
+# and runs the broker it is told to.
+RECORDED_FOR_UP = tuple(f for f in RECORDED if f not in ("public_url", "broker", "mqtt_hub_port"))
 _WILDCARD = ("", "0.0.0.0", "::")
 
 
@@ -102,6 +112,7 @@ def record(settings: Settings, *, database_url: str, http: bool) -> Path:
         "mqtt_host": local_host(settings.mqtt_bind),
         "mqtt_port": settings.mqtt_port,
         "broker": settings.broker,
+        "mqtt_hub_port": settings.hub_mqtt_port,
         "http_bind": settings.http_bind,
         "http_port": settings.http_port if http else None,
         "public_url": public_url(settings) if http else None,

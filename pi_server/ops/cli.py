@@ -34,7 +34,9 @@ def keys_for(settings: Settings) -> FleetKeys:
     return FleetKeys(fleet_keys(settings).secret)
 
 
-def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
+def _broker(settings: Settings, mqtt: str | None, *, device: bool = False) -> tuple[str, int]:
+    """Where to connect: as a device (smoke) to the devices' listener, else to the hub's
+    (they differ on a managed Mosquitto, broker/mosquitto.py)."""
     try:
         if mqtt:
             return mqtt_endpoint(mqtt)
@@ -42,8 +44,7 @@ def _broker(settings: Settings, mqtt: str | None) -> tuple[str, int]:
             return mqtt_endpoint(settings.mqtt_url)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    # operators use the hub's own listener (on Mosquitto, beside the devices' one)
-    return local_host(settings.mqtt_bind), settings.hub_mqtt_port
+    return local_host(settings.mqtt_bind), settings.mqtt_port if device else settings.hub_mqtt_port
 
 
 def tail(
@@ -161,7 +162,7 @@ def smoke(
     from picofleet.topics import valid_device_key
 
     settings = settings_for(data_dir)
-    host, port = _broker(settings, mqtt)
+    host, port = _broker(settings, mqtt, device=True)
     run = sm.Smoke(
         http=http or f"http://{local_host(settings.http_bind)}:{settings.http_port}",
         mqtt_host=host,

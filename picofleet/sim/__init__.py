@@ -1,1 +1,2 @@
-"""Fleet simulators: a fast MQTT load generator, and (firmware.py) the real firmware loop."""
+"""Fleet simulators: a fast MQTT load generator, and (board/) boards of the real firmware in
+MicroPython."""

@@ -16,10 +16,11 @@ import uuid
 import asyncpg
 import pytest
 
-from picofleet.credentials import HUB_USER
+from picofleet.credentials import HUB_USER, FleetKeys
+from picofleet.settings import Settings
 from picofleet.topics import Kind
 from tests.adversarial.raw import PUBACK, RawClient, connect_packet, publish_packet
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, mosquitto_available, need, running_hub
 from tests.helpers import startup_body, wait_for
 
 ATTACKER, VICTIM = "AI-ATTK01", "AI-VICT01"
@@ -50,13 +51,29 @@ async def sentinel(hub: RunningHub, pool: asyncpg.Pool, marker: str) -> None:
     ack = await c.packet()
     assert ack is not None and ack.type == PUBACK
     c.close()
-    assert await pool.fetchval("SELECT count(*) FROM raw_record WHERE payload = $1", payload) == 1
+
+    async def stored() -> int:  # at once on amqtt (PUBACK after commit), soon on Mosquitto
+        return int(
+            await pool.fetchval("SELECT count(*) FROM raw_record WHERE payload = $1", payload)
+        )
+
+    assert await wait_for(stored, timeout=30) == 1
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["same-write", "separate-writes"])
+@pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
 async def test_second_connect_closes_the_connection_and_nothing_is_stored_as_the_victim(
-    hub: RunningHub, pool: asyncpg.Pool, split: bool
+    settings: Settings, keys: FleetKeys, pool: asyncpg.Pool, broker: str, split: bool
 ) -> None:
+    if broker == "mosquitto":
+        need(mosquitto_available(), "mosquitto")
+    await pool.executemany("INSERT INTO device (device_key) VALUES ($1)", [(ATTACKER,), (VICTIM,)])
+    s = settings.model_copy(update={"broker": broker})
+    async with running_hub(s, keys, stop_timeout=30) as hub:
+        await attack(hub, pool, split)
+
+
+async def attack(hub: RunningHub, pool: asyncpg.Pool, split: bool) -> None:
     kinds = [Kind.STARTUP, Kind.STATUS, Kind.OTA_STATUS, Kind.TELEMETRY]
     outcome = {}
     for i, kind in enumerate(kinds, start=1):
@@ -86,7 +103,12 @@ async def test_second_connect_closes_the_connection_and_nothing_is_stored_as_the
     assert (
         await pool.fetchval("SELECT count(*) FROM deploy_event WHERE device_key = $1", VICTIM) == 0
     )
-    assert await pool.fetchval("SELECT count(*) FROM device WHERE device_key = $1", VICTIM) == 0
+    untouched = await pool.fetchval(
+        "SELECT count(*) FROM device WHERE device_key = $1 AND firmware IS NULL"
+        " AND status IS NULL AND state IS NULL AND provisioned_at IS NULL",
+        VICTIM,
+    )
+    assert untouched == 1, "the victim's device row was written by the attack"
     assert (
         await pool.fetchval("SELECT count(*) FROM raw_record WHERE device_key = $1", ATTACKER) == 1
     )

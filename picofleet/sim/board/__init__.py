@@ -130,7 +130,9 @@ class Heap:
 
 class Board:
     """One board. ``flash_dir`` is its flash (``flash()`` it first); the board's access point
-    takes ``ap`` = (ssid, password), by default whatever config.json asks for."""
+    takes ``ap`` = (ssid, password), by default whatever config.json asks for. ``heapsize``:
+    the GC heap modelled for ``gc.mem_free()`` (a Pico W has ~170 KB free after boot); the
+    wasm heap itself grows on demand, so nothing raises MemoryError."""
 
     def __init__(
         self,
@@ -138,7 +140,7 @@ class Board:
         *,
         uid: str = "e661a4d41723262a",
         ap: tuple[str, str] | None = None,
-        heapsize: int = 192 * 1024,
+        heapsize: int = 176 * 1024,
         name: str = "board",
     ) -> None:
         self.flash_dir = Path(flash_dir)
@@ -253,7 +255,9 @@ class Board:
             return [e["line"] for e in self.events if e["ev"] == "out"]
 
     def console(self, last: int = 40) -> str:
-        return "\n".join(self.lines()[-last:] + self._stderr[-10:])
+        """The last lines of output, plus harness failures (crash events, Node's stderr)."""
+        crashes = [f"[harness crash] {e['error']}" for e in self.of("crash")]
+        return "\n".join(self.lines()[-last:] + crashes + self._stderr[-10:])
 
     def of(self, kind: str) -> list[Event]:
         with self._cv:
@@ -315,7 +319,7 @@ class Board:
                         return self.events[i]
                     i += 1
                 left = end - time.monotonic()
-                if left <= 0 or (self._proc is None and not self._reading()):
+                if left <= 0 or not self._reading():
                     raise BoardError(f"{self.name}: waited {timeout} s in vain\n{self.console()}")
                 self._cv.wait(min(left, 0.5))
 

@@ -69,6 +69,17 @@ const host = {
   },
 };
 
+// littlefs blocks the flash directory takes: a block per directory, at least one per file
+function flashBlocks(dir, block) {
+  let n = 0;
+  for (const name of fs.readdirSync(dir)) {
+    const p = path.join(dir, name);
+    const st = fs.statSync(p);
+    n += st.isDirectory() ? 1 + flashBlocks(p, block) : Math.max(1, Math.ceil(st.size / block));
+  }
+  return n;
+}
+
 // soft timers while Python is idle: the JS event loop calls _rt.run_timers() on time
 let timerHandle = null;
 let runTimers = null;
@@ -124,7 +135,7 @@ function flashOp(what, p, p2) {
   ops += 1;
   const left = Atomics.sub(ctl, CUT, 1);
   if (left === 1) {
-    call("powercut", what, p, ops);
+    call("powercut", what, norm(p), ops);
     hang();
   }
   if (left <= 0) Atomics.store(ctl, CUT, -1);
@@ -282,6 +293,10 @@ async function attention() {
 // boot.py then main.py, in __main__ as rp2 runs them. main.py's asyncio.run() schedules the
 // app on this thread's event loop and returns; the board runs on from there.
 heapSample("boot");
+// gc.mem_free() as on a Pico W: a GC heap of `heapsize` bytes, less the firmware's allocations
+mp.runPython(
+  `import sys, gc, _boardgc\ngc.collect()\n_boardgc.heap = ${heapsize}\n_boardgc.baseline = gc.mem_alloc()\nsys.modules["gc"] = _boardgc`,
+);
 runTimers = mp.pyimport("_rt").run_timers;
 if (runFile("boot.py") !== "exit") {
   heapSample("boot.py");

@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 function parseArgs(argv) {
-  const o = { heapsize: 192 * 1024, uid: "e661a4d41723262a", ssid: null, password: "", off: false };
+  const o = { heapsize: 176 * 1024, uid: "e661a4d41723262a", ssid: null, password: "", off: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--flash") o.flash = path.resolve(argv[++i]);

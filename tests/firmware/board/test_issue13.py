@@ -152,8 +152,8 @@ async def test_broken_http_reply_does_not_reset_the_board(
     async with _BadHttp(reply) as bad, running_hub(settings) as hub:
         root = provision(tmp_path / "flash", hub, key=key, telemetry_interval_s=2, hub_http=bad.url)
         board = Board(root, name=key)
-        board.start()
         board.ntp(False)
+        board.start()
         try:
 
             async def asked() -> bool:
@@ -163,6 +163,48 @@ async def test_broken_http_reply_does_not_reset_the_board(
             await readings_past(board, pool, 3, key)  # without a clock, it still reports
             assert board.resets() == [], board.console()
             assert not [ln for ln in board.lines() if "fatal" in ln], board.console()
+        finally:
+            board.stop()
+
+
+class _DripHttp(_BadHttp):
+    """Answers one byte every 1.5 s: every socket call finishes within its timeout, the
+    whole answer takes half a minute."""
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await r.readuntil(b"\r\n\r\n")
+            self.hits += 1
+            for b in self.reply:
+                w.write(bytes([b]))
+                await w.drain()
+                await asyncio.sleep(1.5)
+        w.close()
+
+
+async def test_slow_http_reply_does_not_trip_the_watchdog(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """NTP does not answer and the hub's HTTP answer trickles in. Bug: httpc read the status
+    line and headers with the whole board blocked and nothing feeding the 8 s watchdog."""
+    key = "BOARD-DRIP"
+    reply = b"HTTP/1.0 200 OK\r\n\r\n"  # 19 bytes, 28 s
+    async with _DripHttp(reply) as drip, running_hub(settings) as hub:
+        root = provision(
+            tmp_path / "flash", hub, key=key, telemetry_interval_s=2, hub_http=drip.url
+        )
+        board = Board(root, name=key)
+        board.ntp(False)
+        board.start()
+        try:
+
+            async def asked() -> bool:
+                return drip.hits >= 1
+
+            await until(board, asked)
+            await asyncio.sleep(12)  # the watchdog's 8 s, and then some
+            assert board.resets() == [], board.console()
+            await readings_past(board, pool, 3, key)  # after the whole answer
         finally:
             board.stop()
 

@@ -100,3 +100,9 @@ async def test_board_main_loop_against_the_hub(
     got = await seqs(pool, KEY)
     assert got == list(range(got[0], got[-1] + 1)), "a reading went missing"
     assert await duplicates(pool, KEY) == 0
+    errors = await pool.fetch(
+        "SELECT e.code, e.detail FROM ingest_error e JOIN raw_record r ON r.id = e.raw_id"
+        " WHERE r.device_key = $1",
+        KEY,
+    )
+    assert [dict(e) for e in errors] == []  # every reading in range, every message valid

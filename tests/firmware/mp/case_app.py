@@ -145,6 +145,11 @@ class BrokerSock:
         d, self.rx = self.rx[:n], self.rx[n:]
         return d
 
+    def recv(self, n):
+        if not self.rx and self.timeout == 0:
+            raise OSError(11)
+        return self.read(n)
+
     def close(self):
         pass
 
@@ -243,3 +248,12 @@ def test_idle_on_a_bad_config_keeps_the_relay_off_and_the_watchdog_fed():
     for _ in range(3):
         idle.send(None)
     assert b.relay_log == [(False, 0)] and len(b.feeds) == 3
+
+
+def test_an_escaped_astral_id_comes_back_as_utf8():
+    # CPython's json.dumps writes U+1F331 as the escape pair \ud83c\udf31
+    a, b, s = _connected()
+    a.cmds.append(b'{"cmd": "stop", "id": "\\ud83c\\udf31-\\u00e9 \\ud83c!"}')
+    a._commands()
+    payload = s.published[-1][2]
+    assert "\U0001f331-\u00e9 \ufffd!".encode() in payload, payload

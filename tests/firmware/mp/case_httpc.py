@@ -25,18 +25,20 @@ def test_parse_date():
     assert httpc.parse_date("") is None
 
 
-# get() over a scripted socket with rp2's semantics: readline(limit) stops at b"\n" or limit,
+# get() over a scripted socket with rp2's semantics: recv(n) gives what is there, up to n;
 # OSError 110 once nothing more comes within the timeout.
 import socket  # noqa: E402  (the unit cases' stand-in; get() asks it for a socket)
+import time  # noqa: E402
 
 WATCHDOG_S = 8
 
 
 class FakeSock:
-    def __init__(self, data):
+    def __init__(self, data, drip_ms=0):
         self.data = data
         self.timeout = None
         self.log = []
+        self.drip_ms = drip_ms  # one byte per recv, this long after the last
 
     def settimeout(self, t):
         self.timeout = t
@@ -52,30 +54,22 @@ class FakeSock:
         self._call("write")
         return len(b)
 
-    def readline(self, limit=-1):
-        self._call("readline")
+    def recv(self, n):
+        self._call("recv")
         if not self.data:
             raise OSError(110)
-        i = self.data.find(b"\n")
-        n = len(self.data) if i < 0 else i + 1
-        if 0 <= limit < n:
-            n = limit
-        line, self.data = self.data[:n], self.data[n:]
-        return line
-
-    def readinto(self, buf):
-        self._call("readinto")
-        n = min(len(buf), len(self.data))
-        buf[:n] = self.data[:n]
-        self.data = self.data[n:]
-        return n
+        if self.drip_ms:
+            time.sleep_ms(self.drip_ms)
+            n = 1
+        d, self.data = self.data[:n], self.data[n:]
+        return d
 
     def close(self):
         self.log.append("close")
 
 
-def _get(data, feed=None):
-    s = FakeSock(data)
+def _get(data, feed=None, drip_ms=0):
+    s = FakeSock(data, drip_ms)
     socket.socket = lambda *a: s
     return s, httpc.get("http://10.0.0.2:8000/x", feed=feed, resolve=lambda h, p: (h, p))
 
@@ -121,6 +115,21 @@ def test_headers_that_are_not_utf8_are_http_errors():
 def test_endless_headers_are_bounded():
     _http_error(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 600 + b"\r\n\r\n")
     _http_error(b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 40 + b"\r\n")
+
+
+def test_a_dripping_head_ends_in_bounded_time():
+    # each byte within the timeout, the whole head would take 4 s: HEAD_MS bounds it
+    old, httpc.HEAD_MS = httpc.HEAD_MS, 500
+    try:
+        t = time.ticks_ms()
+        try:
+            _get(b"HTTP/1.0 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n", None, 50)
+            raise AssertionError("no HttpError")
+        except httpc.HttpError as e:
+            assert "head" in str(e), e
+        assert time.ticks_diff(time.ticks_ms(), t) < 1500
+    finally:
+        httpc.HEAD_MS = old
 
 
 def test_a_silent_server_times_out_with_oserror():

@@ -1,7 +1,11 @@
 # mqtt: the firmware's MQTT 3.1.1 client against byte vectors of the MQTT 3.1.1 spec, over a
-# scripted socket with rp2's semantics (read(n) returns what is there, up to n; OSError 110
-# past the timeout; None when non-blocking and empty; b"" once the peer closed). The same
+# scripted socket with rp2's semantics, pieces arriving as scripted (recv returns what is
+# there, up to n; OSError 110 past the timeout; read(1) gives None and recv EAGAIN when
+# non-blocking and empty; b"" once the peer closed). The same
 # client against real brokers: tests/firmware/test_mqtt_broker.py.
+import gc
+import time
+
 import mqtt
 
 CFG = {"broker": {"host": "10.0.0.1", "port": 1883}, "device_key": "PICO-1", "mqtt_password": "pw"}
@@ -17,6 +21,8 @@ class FakeSock:
         self.closed = False
         self.peer_closed = False
         self.connected = None
+        self.drip_ms = 0
+        self.max_n = 0  # the most bytes asked for in one call
 
     def _check(self, what):
         self.calls += 1
@@ -37,6 +43,7 @@ class FakeSock:
 
     def read(self, n):
         self._check("read")
+        self.max_n = max(self.max_n, n)
         while self.chunks and not self.chunks[0]:
             self.chunks.pop(0)
         if not self.chunks:
@@ -54,17 +61,15 @@ class FakeSock:
         self.chunks[0] = c[n:]
         return d
 
-    def readinto(self, buf):
-        # filler runs only (what the client reads past); nothing is allocated here
-        self._check("readinto")
-        c = self.chunks[0] if self.chunks else None
-        if not isinstance(c, int) or not c:
-            d = self.read(len(buf))
-            buf[: len(d)] = d
-            return len(d)
-        k = min(len(buf), c)
-        self.chunks[0] = c - k
-        return k
+    def recv(self, n):
+        # lwIP's recv: what is there, up to n; EAGAIN when non-blocking and empty
+        if self.timeout == 0 and not self.peer_closed and not any(self.chunks):
+            self._check("recv")
+            raise OSError(11)
+        if self.drip_ms:  # one byte at a time, each within the timeout
+            time.sleep_ms(self.drip_ms)
+            n = 1
+        return self.read(n)
 
     def close(self):
         self.closed = True
@@ -248,16 +253,22 @@ def test_oversized_publish_is_read_past_and_acknowledged():
             break
     big = (b"\x33" + bytes(enc) + b"\x00\x03ota\x00\x05", n, b"\x32\x09\x00\x03cmd\x00\x06{}")
     sess, s, got = _connected(big)
-    import gc
-
-    # No collection happens inside one run of this interpreter (tests/firmware/run_mpy.mjs),
-    # so the growth of mem_alloc is everything poll() allocated, garbage included.
-    before = gc.mem_alloc()
     sess.poll()
-    assert gc.mem_alloc() - before < 16384, gc.mem_alloc() - before
+    assert s.max_n <= 256  # never asked for more than a small piece of it
     assert got == [(b"cmd", b"{}")]
     assert sess.dropped == 1
     assert bytes(s.out) == b"\x40\x02\x00\x05\x40\x02\x00\x06"
+
+
+def test_a_dripping_packet_ends_the_session_in_bounded_time():
+    # every byte comes within the timeout, the packet would take 4 s: each field of a
+    # packet must arrive within 2 x timeout (here 0.2 s x 2)
+    sess, s, _ = _connected([b"\x32\x29\x00\x03cmd\x00\x09" + b"x" * 34])
+    sess._t = 0.2
+    s.drip_ms = 100
+    t = time.ticks_ms()
+    assert "too slow" in _raises(sess.poll)
+    assert time.ticks_diff(time.ticks_ms(), t) < 2000
 
 
 def test_oversized_other_packet_ends_the_session():
@@ -305,3 +316,21 @@ def test_close_sends_nothing():
     sess.close()
     assert s.closed and bytes(s.out) == b""
     sess.close()
+
+
+# -- read past a huge message, and nothing of it stays: measured across a collection, which
+# this interpreter makes only between two top-level runs (tests/firmware/run_mpy.mjs)
+_HUGE = 1024 * 1024
+_sess, _s, _got = _connected((b"\x33\x87\x80\x40\x00\x03ota\x00\x05", _HUGE))
+gc.collect()
+#:collect
+_before = gc.mem_alloc()
+_sess.poll()
+_sess = _s = None
+gc.collect()
+#:collect
+_grown = gc.mem_alloc() - _before
+
+
+def test_a_huge_message_leaves_nothing_behind():
+    assert _got == [] and _grown < 8192, _grown

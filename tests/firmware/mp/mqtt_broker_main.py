@@ -24,7 +24,8 @@ cfg = {
     "device_key": C["key"],
     "mqtt_password": C["password"],
 }
-s = mqtt.Session(cfg, C["status"], lambda t, m: got.append([t.decode(), m.decode()]), 30, 3)
+KEEPALIVE = 2  # s: a broker drops a client silent for 1.5 x this
+s = mqtt.Session(cfg, C["status"], lambda t, m: got.append([t.decode(), m.decode()]), KEEPALIVE, 3)
 s.connect(time.ticks_ms())
 s.pid = 65531  # three SUBSCRIBEs take 65532..65534; the PUBLISHes 65535, then 1 (never 0)
 s.subscribe(C["cmd"])
@@ -43,5 +44,14 @@ while time.ticks_diff(end, time.ticks_ms()) > 0:
     if any(t == C["cmd"] for t, _ in got):
         break
     time.sleep(0.05)
+# idle for 5 keepalive periods: only PINGREQs keep the session (Mosquitto closes a client
+# silent for 1.5 periods; seen to fail here with keepalive() a no-op)
+end = time.ticks_add(time.ticks_ms(), 5 * KEEPALIVE * 1000)
+while time.ticks_diff(end, time.ticks_ms()) > 0:
+    s.poll()
+    s.keepalive(time.ticks_ms())
+    time.sleep(0.05)
+s.publish(C["status"], C["text"], time.ticks_ms(), retain=True)
+pids.append(s.pid)
 print("RESULT " + json.dumps({"got": got, "pids": pids, "dropped": s.dropped}))
 s.close()
