@@ -53,6 +53,19 @@ def shell_blocks(text: str) -> list[Block]:
     return blocks
 
 
+def test_a_block_runs_unless_marked_right_above() -> None:
+    text = (
+        "intro\n\n<!-- not run by tests/docs/test_readme.py: needs Docker -->\n"
+        "```sh\ndocker compose up\n```\n\nprose\n<!-- not run by tests/docs/test_readme.py: x -->\n"
+        "\nlater prose\n```bash\nfalse\n```\n```python\nprint()\n```\n"
+    )
+    blocks = shell_blocks(text)
+    assert [(b.code, b.skip) for b in blocks] == [
+        ("docker compose up\n", "needs Docker"),
+        ("false\n", None),  # a mark separated by prose does not count
+    ]
+
+
 def test_blocks_are_found_and_marks_name_a_reason() -> None:
     blocks = shell_blocks(README.read_text())
     assert len([b for b in blocks if b.skip is None]) >= 4
