@@ -1,7 +1,7 @@
 """Terminal tables that read well at 80 columns: no box drawing, main cells never wrap.
 
 Columns are named ``"name"`` (a main column: kept on one line, whole) or ``"name~"`` (free
-text such as a reason or notes: folds within whatever width is left).
+text such as a reason or notes: wraps at spaces within the width left).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def make(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | Non
     )
     for col in columns:
         if col.endswith("~"):
-            table.add_column(col[:-1], overflow="fold", min_width=8)
+            table.add_column(col[:-1], min_width=14)  # wraps at spaces
         else:
             table.add_column(col, no_wrap=True)
     for row in rows:
