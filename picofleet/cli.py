@@ -42,6 +42,7 @@ DataDir = Annotated[
 LONG_RUNNING = frozenset({("up",), ("serve",), ("simulate",), ("tail",), ("usb", "gateway")})
 VERBOSE_FLAG = "--verbose"
 _verbose = False
+_command: tuple[str, ...] = ()  # the subcommand's words, set by main()
 
 
 @app.callback()
@@ -55,13 +56,10 @@ def _options(
 
 
 def _log_level(settings: Settings) -> str:
-    import click
-
     if _verbose or "log_level" in settings.model_fields_set:
         return settings.log_level
-    ctx = click.get_current_context(silent=True)
-    path = tuple(ctx.command_path.split()[1:]) if ctx is not None else ()
-    return settings.log_level if path in LONG_RUNNING else "WARNING"
+    long_running = any(_command[: len(p)] == p for p in LONG_RUNNING)
+    return settings.log_level if long_running else "WARNING"
 
 
 class CommandError(Exception):
@@ -245,9 +243,11 @@ def _args() -> list[str]:
     """The command line, with --verbose moved first wherever it was given."""
     import sys
 
+    global _command
     args = sys.argv[1:]
     if VERBOSE_FLAG in args:
         args = [VERBOSE_FLAG, *(a for a in args if a != VERBOSE_FLAG)]
+    _command = tuple(a for a in args if not a.startswith("-"))[:2]
     return args
 
 
