@@ -109,12 +109,11 @@ def up(
     Its endpoints are recorded in the data dir; the other commands find the hub there."""
     import os
 
+    from picofleet.endpoints import public_url as default_public_url
     from picofleet.hub import run_hub
 
     if usb_gateway:
         os.environ["PICOFLEET_USB_GATEWAY"] = "1"  # read by pi_server.usb's own settings
-
-    from picofleet.endpoints import public_url as default_public_url
 
     settings = settings_for(
         data_dir,

@@ -23,7 +23,7 @@ import uvicorn
 from bridge.mqtt import MqttSession
 from bridge.source import Source
 from broker.policy import Policy, hub_client_ids
-from picofleet import db, extensions, logs
+from picofleet import db, endpoints, extensions, logs
 from picofleet.credentials import (
     HUB_USER,
     OPERATOR_USER,
@@ -97,9 +97,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 def embedded_url(settings: Settings, *, create: bool = False) -> str:
     """URL of the hub's database for one-shot commands (the embedded cluster is started if
     needed, and created only with ``create``: never a second hub by accident)."""
-    from picofleet.endpoints import database_url
-
-    return database_url(settings, create=create)
+    return endpoints.database_url(settings, create=create)
 
 
 def install_signals(stop: asyncio.Event) -> None:
@@ -121,10 +119,8 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
         f"  mqtt       {host}:{ep.mqtt_port}  ({settings.broker})",
     ]
     if ep.http_port:
-        from picofleet.endpoints import public_url
-
         lines.append(f"  http       http://{host}:{ep.http_port}/  (/health /ready /docs)")
-        lines.append(f"  public     {public_url(settings)}  (devices, artifact URLs)")
+        lines.append(f"  public     {endpoints.public_url(settings)}  (devices, artifact URLs)")
     lines += [
         "  tail every topic:",
         f"    mosquitto_sub -h {host} -p {ep.operator_port or ep.mqtt_port} -u {OPERATOR_USER}"
@@ -374,9 +370,7 @@ async def run_hub(
             supervisor.start("http", partial(_serve_http, app, settings, http_port, stop))
         ep = Endpoints(url, mqtt_host, mqtt_port, http_port, operator_port=session_port)
         if embedded_broker:
-            from picofleet.endpoints import record
-
-            record(settings, database_url=url, http=bool(http_port))
+            endpoints.record(settings, database_url=url, http=bool(http_port))
             print(banner(settings, keys, ep), file=sys.stderr, flush=True)  # noqa: T201
         log.info("hub.ready", roles=sorted(roles), mqtt_port=mqtt_port, http_port=http_port)
         if ready is not None:

@@ -114,7 +114,7 @@ def reachable(user: str, path: Path) -> bool:
 
 
 def _shared_dir(path: Path) -> Path:
-    """A root-owned directory every user can traverse (not list): 0711."""
+    """A root-owned directory every user can traverse (search permission for all)."""
     path.mkdir(parents=True, exist_ok=True)
     for p in (SHARED_ROOT, path):
         mode = p.stat().st_mode & 0o7777
@@ -133,6 +133,16 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _readable_by_all(tree: Path) -> None:
+    """a+rX over ``tree``: read for all, and search/execute where the owner has it."""
+    for path in (tree, *tree.rglob("*")):
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o7777
+        extra = 0o444 | (0o111 if path.is_dir() or mode & 0o100 else 0)
+        os.chmod(path, mode | extra)
+
+
 def usable_bindir(bindir: Path, user: str | None) -> Path:
     """``bindir``, or a copy of the wheel's install tree the cluster's user can run."""
     if user is None or reachable(user, bindir / "pg_ctl"):
@@ -144,10 +154,13 @@ def usable_bindir(bindir: Path, user: str | None) -> Path:
             f"Fix: make the PostgreSQL install reachable (chmod o+x on its parents) or "
             f"install the system server (apt install postgresql)"
         )
-    # Keyed by the build (not the path): every private checkout of one wheel shares a copy.
-    stats = [(bindir / exe).stat() for exe in ("pg_ctl", "postgres")]
-    build = "|".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
-    key = hashlib.sha256(build.encode()).hexdigest()[:16]
+    # Keyed by the build's content (not its path or mtime): every checkout and reinstall of
+    # one wheel shares a copy.
+    digest = hashlib.sha256()
+    for exe in ("pg_ctl", "postgres"):
+        with open(bindir / exe, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    key = digest.hexdigest()[:16]
     home = _shared_dir(SHARED_ROOT / "pginstall")
     dest = home / key
     # The wheel's layout is kept (pgserver/pginstall beside pgserver.libs): its binaries
@@ -163,8 +176,7 @@ def usable_bindir(bindir: Path, user: str | None) -> Path:
             libs = package.with_name(f"{package.name}.libs")
             if libs.is_dir():
                 shutil.copytree(libs, tree / libs.name, symlinks=True)
-            for d in (tree, tree / package.name):
-                os.chmod(d, 0o755)
+            _readable_by_all(tree)  # whatever the umask the venv was installed with
             try:
                 os.rename(tree, dest)
             except OSError:

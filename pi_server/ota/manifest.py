@@ -17,6 +17,7 @@ from typing import Any
 from pi_server.ota.errors import Invalid
 from pi_server.ota.keys import Signer
 from pi_server.ota.model import CHANNELS, DEVICE_TYPE_RE, SEMVER_RE
+from picofleet.endpoints import public_url
 from picofleet.settings import Settings
 
 ACTIONS = ("install", "rollback", "pin")
@@ -43,8 +44,6 @@ def check_channel(channel: str) -> str:
 
 def artifact_url(settings: Settings, sha256: str) -> str:
     """Under the hub's public URL (picofleet/endpoints.py): the address devices reach."""
-    from picofleet.endpoints import public_url
-
     return f"{public_url(settings)}/ota/artifacts/{sha256}"
 
 

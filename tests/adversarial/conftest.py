@@ -62,7 +62,7 @@ def hub_on(settings: Settings, mosquitto_factory: Any) -> HubFactory:
                 yield Hub(running, broker, s.mqtt_port)
             return
         mosq = await mosquitto_factory(device_keys)
-        s = s.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.port}"})
+        s = s.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.hub_port}"})
         async with running_hub(s, embedded_broker=False) as running:
             yield Hub(running, broker, mosq.port)
 

@@ -190,7 +190,7 @@ async def test_untimed_redelivery_to_the_bridge_after_its_reconnect(
     """Mosquitto redelivers to the bridge's persistent session what the bridge stored but
     whose PUBACK never arrived (the bridge-side half of at-least-once)."""
     mosq = await mosquitto_factory([LEGACY])
-    async with AckLossProxy("127.0.0.1", mosq.port) as proxy:
+    async with AckLossProxy("127.0.0.1", mosq.hub_port) as proxy:
         s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{proxy.port}"})
         async with running_hub(s, embedded_broker=False) as running:
             hub = Hub(running, "mosquitto", mosq.port)

@@ -84,7 +84,7 @@ async def test_outage_loop(
         if not embedded:
             mosq = await mosquitto_factory(DEVICES)
             mqtt_port = mosq.port
-            s = s.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.port}"})
+            s = s.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.hub_port}"})
         async with in_process_bridge(s, embedded=embedded):
             stream = PacedStream(mqtt_port, keys, every_s=0.05)
             pub = asyncio.create_task(stream.run())

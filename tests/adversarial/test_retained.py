@@ -66,14 +66,15 @@ async def test_retained_event_stored_once_across_bridge_restarts(
     amqtt_broker: EmbeddedBroker,
     mosquitto_factory: Any,
 ) -> None:
-    s, port = settings, settings.mqtt_port
+    s, port, bridge_port = settings, settings.mqtt_port, settings.mqtt_port
     if broker == "mosquitto":
-        port = (await mosquitto_factory([DEVICE])).port
+        mosq = await mosquitto_factory([DEVICE])
+        port, bridge_port = mosq.port, mosq.hub_port  # devices and the hub: two listeners
     elif broker == "amqtt":
-        port = amqtt_broker.port
+        port = bridge_port = amqtt_broker.port
     embedded = broker == "embedded"
     if not embedded:
-        s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{port}"})
+        s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{bridge_port}"})
 
     @contextlib.asynccontextmanager
     async def bridge() -> AsyncIterator[Client]:

@@ -32,6 +32,8 @@ from picofleet.pgembed import (
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# Run inside the private checkout: the session's cluster, the hub over HTTP, one-shot CLIs.
+SLICE = ("tests/hub/test_http_ingest.py", "tests/hub/test_cli_up.py::test_creds_and_migrate")
 
 
 @pytest.fixture
@@ -43,6 +45,8 @@ def private_dir() -> Iterator[Path]:
     for data in root.rglob(PG_SUBDIR):
         if (data / "PG_VERSION").exists() or data.is_symlink():
             EmbeddedPostgres(data.parent).stop()
+        if data.is_symlink():  # a relocated cluster: its home under SHARED_ROOT goes too
+            shutil.rmtree(data.resolve().parent, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -185,7 +189,7 @@ def test_up_and_the_suite_from_a_private_checkout(private_dir: Path) -> None:
             sys.executable,
             "-m",
             "pytest",
-            "tests/hub/test_cli_up.py",
+            *SLICE,
             "-q",
             "-p",
             "no:cacheprovider",
