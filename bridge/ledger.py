@@ -17,7 +17,7 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from bridge.codes import NOTE_CODES, UNAUTHORIZED_CODES, Code
-from bridge.decode import Fact, Message, RecordType, legacy_id
+from bridge.decode import Fact, Message, RecordType, Rejection, legacy_id
 from picofleet.credentials import HUB_USER
 from picofleet.topics import Kind
 
@@ -150,11 +150,16 @@ def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+def first_error(msg: Message) -> Rejection | None:
+    """The error that makes ``msg`` rejected (notes such as duplicate_item do not)."""
+    return next((e for e in msg.errors if e.code not in NOTE_CODES), None)
+
+
 def outcome(msg: Message) -> str:
     """The status POST /ingest reports for one message."""
-    errors = [e for e in msg.errors if e.code not in NOTE_CODES]
-    if errors:
-        return "unauthorized" if errors[0].code in UNAUTHORIZED_CODES else "invalid"
+    error = first_error(msg)
+    if error is not None:
+        return "unauthorized" if error.code in UNAUTHORIZED_CODES else "invalid"
     if msg.startup is not None:
         return "provisioned"
     if msg.facts and not msg.processed_ids:

@@ -36,10 +36,14 @@ class Histogram:
         return out
 
 
+# Where messages come from (raw_record.source); every one is rendered, zero or not.
+SOURCES = ("mqtt", "http", "usb")
+
+
 @dataclass
 class IngestMetrics:
-    received: int = 0
-    committed: int = 0
+    received_by: Counter[str] = field(default_factory=Counter)
+    committed_by: Counter[str] = field(default_factory=Counter)
     facts: int = 0
     duplicates: int = 0
     batches: int = 0
@@ -50,12 +54,22 @@ class IngestMetrics:
     commit_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     lag_seconds: float = 0.0
 
+    @property
+    def received(self) -> int:
+        return sum(self.received_by.values())
+
+    @property
+    def committed(self) -> int:
+        return sum(self.committed_by.values())
+
+    def _by_source(self, name: str, counts: Counter[str]) -> list[str]:
+        sources = [*SOURCES, *sorted(set(counts) - set(SOURCES))]
+        return [f"# TYPE {name} counter"] + [f'{name}{{source="{s}"}} {counts[s]}' for s in sources]
+
     def render(self) -> list[str]:
         lines = [
-            "# TYPE picofleet_messages_received_total counter",
-            f"picofleet_messages_received_total {self.received}",
-            "# TYPE picofleet_messages_committed_total counter",
-            f"picofleet_messages_committed_total {self.committed}",
+            *self._by_source("picofleet_messages_received_total", self.received_by),
+            *self._by_source("picofleet_messages_committed_total", self.committed_by),
             "# TYPE picofleet_facts_committed_total counter",
             f"picofleet_facts_committed_total {self.facts}",
             "# TYPE picofleet_commit_failures_total counter",

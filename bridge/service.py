@@ -122,8 +122,8 @@ class Ingest:
         m.commit_seconds.observe(time.perf_counter() - t0)
         m.batch_size.observe(len(batch))
         m.batches += 1
-        m.committed += len(batch)
         for msg in batch:
+            m.committed_by[msg.source] += 1
             m.facts += len(msg.processed_ids)
             if msg.facts and not msg.processed_ids:
                 m.duplicates += 1
@@ -214,7 +214,7 @@ class Bridge:
                 await asyncio.shield(self._handle(items))
 
     async def _handle(self, items: list[Inbound]) -> None:
-        self.ingest.metrics.received += len(items)
+        self.ingest.metrics.received_by["mqtt"] += len(items)
         attempt = 0
         while True:
             try:
@@ -247,15 +247,21 @@ class Bridge:
         self._log.debug("bridge.batch", size=len(items), acked=acked)
 
     def _publish_rejections(self, batch: Sequence[Message]) -> None:
-        topic = self.ingest.topics.ingest_errors
-        for msg in batch:
-            for e in msg.errors:
-                body = {
-                    "raw_id": msg.raw_id,
-                    "topic": msg.topic,
-                    "device": msg.device_key,
-                    "item": e.idx,
-                    "code": e.code.value,
-                    "detail": e.detail,
-                }
-                self.session.publish(topic, json.dumps(body).encode(), qos=0)
+        publish_rejections(self.session, self.ingest.topics, batch)
+
+
+def publish_rejections(session: Source, topics: Topics, batch: Sequence[Message]) -> None:
+    """Every rejection of committed messages on ``{prefix}/ingest/errors`` (QoS 0), whatever
+    carried them (the bridge's batches, POST /ingest)."""
+    for msg in batch:
+        for e in msg.errors:
+            body = {
+                "raw_id": msg.raw_id,
+                "topic": msg.topic,
+                "source": msg.source,
+                "device": msg.device_key,
+                "item": e.idx,
+                "code": e.code.value,
+                "detail": e.detail,
+            }
+            session.publish(topics.ingest_errors, json.dumps(body).encode(), qos=0)

@@ -17,8 +17,8 @@ from pydantic import BaseModel
 import picofleet
 from bridge.codes import Code
 from bridge.decode import Message, parse_json
-from bridge.ledger import outcome
-from bridge.service import Bridge, Build, Ingest, is_outage
+from bridge.ledger import first_error, outcome
+from bridge.service import Bridge, Build, Ingest, is_outage, publish_rejections
 from pi_server.docs import install_docs
 from pi_server.release.info import build_info
 from pi_server.security.limits import BodySizeLimit, RefuseNul, body_limit
@@ -43,6 +43,20 @@ class IngestResult(BaseModel):
     raw_id: int
     processed_id: int | None
     status: str
+    # The rejection's code (bridge/codes.py) and why, as stored in ingest_error; else null.
+    code: str | None = None
+    detail: str | None = None
+
+
+def ingest_result(msg: Message) -> dict[str, Any]:
+    error = first_error(msg)
+    return IngestResult(
+        raw_id=msg.raw_id,
+        processed_id=msg.processed_ids[0] if msg.processed_ids else None,
+        status=outcome(msg),
+        code=None if error is None else error.code.value,
+        detail=None if error is None else error.detail,
+    ).model_dump()
 
 
 def ingest_sender(authorization: str | None, keys: FleetKeys) -> tuple[str | None, bool]:
@@ -127,6 +141,7 @@ def create_app(hub: HubContext) -> FastAPI:
             ]
         if not trusted:
             builds = [partial(_refused, b) for b in builds]
+        ing.metrics.received_by["http"] += len(builds)
         try:
             await ing.refresh_record_types()  # the builds decode with these, in store()
             msgs = await ing.store(builds)
@@ -138,15 +153,9 @@ def create_app(hub: HubContext) -> FastAPI:
             return JSONResponse(
                 {"detail": "database unavailable"}, status_code=503, headers={"Retry-After": "5"}
             )
-        results = [
-            IngestResult(
-                raw_id=m.raw_id,
-                processed_id=m.processed_ids[0] if m.processed_ids else None,
-                status=outcome(m),
-            ).model_dump()
-            for m in msgs
-        ]
-        return JSONResponse(results)
+        if hub.bridge is not None:  # the hub's own MQTT session (none in an http-only role)
+            publish_rejections(hub.bridge.session, ing.topics, msgs)
+        return JSONResponse([ingest_result(m) for m in msgs])
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:

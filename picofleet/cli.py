@@ -37,6 +37,31 @@ DataDir = Annotated[
 ]
 
 
+# Commands that run until stopped log what they do; every other one prints its answer and
+# nothing else on stderr unless --verbose (or PICOFLEET_LOG_LEVEL is set).
+LONG_RUNNING = frozenset({("up",), ("serve",), ("simulate",), ("tail",), ("usb", "gateway")})
+VERBOSE_FLAG = "--verbose"
+_verbose = False
+_command: tuple[str, ...] = ()  # the subcommand's words, set by main()
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option(VERBOSE_FLAG, help="Log lines on stderr from one-shot commands too.")
+    ] = False,
+) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def _log_level(settings: Settings) -> str:
+    if _verbose or "log_level" in settings.model_fields_set:
+        return settings.log_level
+    long_running = any(_command[: len(p)] == p for p in LONG_RUNNING)
+    return settings.log_level if long_running else "WARNING"
+
+
 class CommandError(Exception):
     """A failure the user can act on; printed without a traceback."""
 
@@ -50,7 +75,7 @@ def settings_for(data_dir: Path | None, *, starting: bool = False, **overrides: 
     if data_dir is not None:
         values["data_dir"] = data_dir
     settings = apply(Settings(**values), starting=starting)
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(_log_level(settings), settings.log_format)
     return settings
 
 
@@ -213,10 +238,22 @@ def _register_extensions() -> None:
         module.register(app)
 
 
+def _args() -> list[str]:
+    """The command line, with --verbose moved first wherever it was given."""
+    import sys
+
+    global _command
+    args = sys.argv[1:]
+    if VERBOSE_FLAG in args:
+        args = [VERBOSE_FLAG, *(a for a in args if a != VERBOSE_FLAG)]
+    _command = tuple(a for a in args if not a.startswith("-"))[:2]
+    return args
+
+
 def main() -> int:
     _register_extensions()
     try:
-        code = app(standalone_mode=False)
+        code = app(args=_args(), standalone_mode=False)
         if isinstance(code, int) and code:
             return code  # typer.Exit(code) from a command
     except CommandError as exc:
@@ -241,10 +278,10 @@ def main() -> int:
             "MissingParameter",
             "NoArgsIsHelpError",
         ):
-            from click import ClickException
-
-            assert isinstance(exc, ClickException)
-            exc.show()
+            # click's, or the copy of click that newer Typer vendors (typer._click)
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
             return 2
         raise
     return 0

@@ -170,14 +170,10 @@ def ota_releases(
     if as_json:
         _out(rows, True, "")
         return
-    from rich.console import Console
-    from rich.table import Table
+    from picofleet import tables
 
-    table = Table(title="releases")
-    for col in ("type", "version", "size", "sha256", "created", "bad", "notes"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
+    rows_out = [
+        (
             r["device_type"],
             r["version"],
             str(r["size"]),
@@ -186,7 +182,10 @@ def ota_releases(
             r["bad_reason"] or "",
             r["notes"],
         )
-    Console().print(table)
+        for r in rows
+    ]
+    columns = ("type", "version", "size", "sha256", "created", "bad~", "notes~")
+    tables.show(tables.make(columns, rows_out, "releases"))
 
 
 # -- rollouts -------------------------------------------------------------------------------
@@ -352,8 +351,12 @@ def ota_unpin(
 
 
 # -- status ---------------------------------------------------------------------------------
+_COUNTS = ("devices", "booted_ok", "healthy", "running", "failed", "rolled_back", "timed_out")
+
+
 def _short_time(iso: str | None) -> str:
-    return "" if not iso else iso[:19].replace("T", " ")
+    """``MM-DD HH:MM:SS`` (UTC) for tables; --json keeps the full timestamp."""
+    return "" if not iso else iso[5:19].replace("T", " ")
 
 
 @ota_app.command("status")
@@ -370,63 +373,49 @@ def ota_status(
     if as_json:
         _out(data, True, "")
         return
-    from rich.console import Console
-    from rich.table import Table
+    from picofleet import tables
 
-    console = Console()
-    rt = Table(title="rollouts")
-    for col in (
-        "id",
-        "version",
-        "type",
-        "kind",
-        "state",
-        "wave",
-        "devices",
-        "booted_ok",
-        "healthy",
-        "running",
-        "failed",
-        "rolled_back",
-        "timed_out",
-        "reason",
-    ):
-        rt.add_column(col)
-    for r in data["rollouts"]:
-        rt.add_row(
+    rollouts = data["rollouts"]
+    # two tables for the rollouts: what and where, then the counts, each within 80 columns
+    plan = [
+        (
             str(r["id"]),
             r["version"],
             r["device_type"],
             r["kind"] if r["kind"] != "channel" else f"channel {r['channel']}",
             r["state"],
             f"{r['wave']}/{r['waves']}",
-            str(r["devices"]),
-            str(r["booted_ok"]),
-            str(r["healthy"]),
-            str(r["running"]),
-            str(r["failed"]),
-            str(r["rolled_back"]),
-            str(r["timed_out"]),
             r["reason"] or "",
         )
-    console.print(rt)
-    dt = Table(title="devices")
-    for col in ("device", "version", "state", "runs", "reason", "rollout", "wave", "time"):
-        dt.add_column(col)
-    for d in data["devices"]:
-        dt.add_row(
+        for r in rollouts
+    ]
+    counts = [(str(r["id"]), *(str(r[k]) for k in _COUNTS)) for r in rollouts]
+    devices = [
+        (
             d["device_key"],
             d["version"],
             d["state"],
             d["running_version"] or "?",
-            d["reason"] or "",
             d["rollout"],
             str(d["wave"]),
             _short_time(d["updated_at"]),
+            d["reason"] or "",
         )
-    console.print(dt)
+        for d in data["devices"]
+    ]
+    tables.show(
+        tables.make(
+            ("id", "version", "type", "kind", "state", "wave", "reason~"), plan, "rollouts"
+        ),
+        tables.make(("id", *_COUNTS), counts),
+        tables.make(
+            ("device", "version", "state", "runs", "rollout", "wave", "time", "reason~"),
+            devices,
+            "devices",
+        ),
+    )
     for p in data["pins"]:
-        console.print(f"pinned: {p['device_key']} -> {p['version']}")
+        typer.echo(f"pinned: {p['device_key']} -> {p['version']}")
 
 
 @ota_app.command("log")
@@ -443,20 +432,19 @@ def ota_log(
     if as_json:
         _out(rows, True, "")
         return
-    from rich.console import Console
-    from rich.table import Table
+    from picofleet import tables
 
-    table = Table(title="deploy log")
-    for col in ("time", "device", "version", "state", "reason", "source", "seq"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
+    out = [
+        (
             _short_time(r["created_at"]),
             r["device_key"],
             r["version"] or "",
             r["state"],
-            r["reason"] or "",
             r["source"],
             "" if r["seq"] is None else str(r["seq"]),
+            r["reason"] or "",
         )
-    Console().print(table)
+        for r in rows
+    ]
+    columns = ("time", "device", "version", "state", "source", "seq", "reason~")
+    tables.show(tables.make(columns, out, "deploy log"))

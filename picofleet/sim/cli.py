@@ -23,6 +23,30 @@ def _percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
+def _reach_broker(host: str, port: int, keys: FleetKeys) -> None:
+    """Log in once as a device before simulating anything: a simulator that cannot reach
+    the hub must say so and exit non-zero, not report boards that never got online."""
+    from picofleet.sim.mqttlite import Publisher
+
+    probe = "SIMW-000"
+
+    async def attempt() -> None:
+        pub = Publisher(host=host, port=port, username=probe, password=keys.device_password(probe))
+        try:
+            await asyncio.wait_for(pub.connect(), 10)
+        finally:
+            await pub.close()
+
+    try:
+        asyncio.run(attempt())
+    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        raise CommandError(
+            f"cannot reach the hub's MQTT broker at {host}:{port} ({exc or type(exc).__name__})."
+            " Is `picofleet up` running? Give simulate the hub's data dir (--data-dir or"
+            " PICOFLEET_DATA_DIR), or --host/--port"
+        ) from exc
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def simulate(
@@ -55,6 +79,8 @@ def register(app: typer.Typer) -> None:
         topics = Topics(settings.topic_prefix)
         if fmt not in ("legacy", "v1", "mixed"):
             raise CommandError("--format must be legacy, v1 or mixed")
+        if shard is None:
+            _reach_broker(host, port, keys)
         if firmware:
             _boards(settings, keys, devices, host, port, duration)
             return

@@ -65,5 +65,5 @@ async def test_health_ready_metrics(hub: RunningHub) -> None:
         assert ready.json()["checks"] == {"database": True, "broker": True, "tasks": True}
         await client.post("/ingest", content=b"[]")
         text = (await client.get("/metrics")).text
-    assert "picofleet_messages_committed_total 1" in text
+    assert 'picofleet_messages_committed_total{source="http"} 1' in text
     assert 'picofleet_messages_rejected_total{code="validation_error"} 1' in text
