@@ -173,7 +173,14 @@ class RunningHub:
 
     @property
     def mqtt_port(self) -> int:
+        """Where devices connect."""
         return self.settings.mqtt_port
+
+    @property
+    def operator_port(self) -> int:
+        """Where the hub's own and operators' clients connect (a listener of its own on a
+        managed Mosquitto)."""
+        return self.settings.hub_mqtt_port
 
     @property
     def http(self) -> str:

@@ -33,13 +33,14 @@ BIG = 300 * 1024
 @pytest.fixture(params=["amqtt", "mosquitto"])
 async def broker_port(
     request: pytest.FixtureRequest, policy: Policy, mosquitto_factory: Callable[..., Any]
-) -> AsyncIterator[int]:
+) -> AsyncIterator[tuple[int, int]]:
+    """(the devices' port, the hub's port): one listener on amqtt, two on Mosquitto."""
     if request.param == "amqtt":
         async with EmbeddedBroker(policy=policy, bind="127.0.0.1", port=free_port()) as b:
-            yield b.port
+            yield b.port, b.port
     else:
         m = await mosquitto_factory([KEY])
-        yield m.port
+        yield m.port, m.hub_port
 
 
 def _hub_client(port: int, keys: FleetKeys) -> Client:
@@ -50,7 +51,7 @@ def _hub_client(port: int, keys: FleetKeys) -> Client:
 
 
 async def test_firmware_mqtt_client_on_a_real_broker(
-    broker_port: int, keys: FleetKeys, tmp_path: Path
+    broker_port: tuple[int, int], keys: FleetKeys, tmp_path: Path
 ) -> None:
     t = Topics("picofleet")
     topics = {
@@ -59,7 +60,8 @@ async def test_firmware_mqtt_client_on_a_real_broker(
         "big": t.device(KEY, Kind.OTA),
         "small": t.ota_channel("pico_w", "stable"),
     }
-    op = await asyncio.to_thread(_hub_client, broker_port, keys)
+    device_port, hub_port = broker_port
+    op = await asyncio.to_thread(_hub_client, hub_port, keys)
     try:
         await asyncio.to_thread(op.publish, topics["big"], b"x" * BIG, 1, True)
         await asyncio.to_thread(op.publish, topics["small"], TEXT.encode(), 1, True)
@@ -67,7 +69,7 @@ async def test_firmware_mqtt_client_on_a_real_broker(
         case = {
             **topics,
             "host": "127.0.0.1",
-            "port": broker_port,
+            "port": device_port,
             "key": KEY,
             "password": keys.device_password(KEY),
             "ssid": "fleet",

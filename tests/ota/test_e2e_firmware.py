@@ -141,7 +141,7 @@ async def test_release_on_mosquitto(
     """The same through Mosquitto (generated config, ACL), release and rollout over HTTP."""
     devices = ["OTA-MQ-1", "OTA-MQ-2"]
     mosq = await mosquitto_factory(devices)
-    s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.port}"})
+    s = settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{mosq.hub_port}"})
     new = release_main("1.1.0", pad_to=12_000)
     async with running_hub(s, keys, embedded_broker=False) as hub:
         with fleet(tmp_path / "flash", hub, signer, devices, broker_port=mosq.port) as picos:

@@ -55,7 +55,7 @@ async def wave_events(pool: asyncpg.Pool, rollout_id: int) -> list[tuple[str, in
 
 async def retained(hub: RunningHub, topic: str) -> bytes | None:
     """What a subscriber gets from the broker's retained store for ``topic`` right now."""
-    c = Client(hub.mqtt_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER))
+    c = Client(hub.operator_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER))
     assert await asyncio.to_thread(c.connect)
     await asyncio.to_thread(c.subscribe, topic)
     await asyncio.sleep(0.3)
@@ -143,7 +143,7 @@ async def test_rolled_back_devices_halt_the_first_wave(
 ) -> None:
     keys = keys_of("B", 10)
     devices = await spawn(fleet, pool, keys, behaviour=Behaviour.BOOT_LOOP)
-    watcher = Client(hub.mqtt_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER))
+    watcher = Client(hub.operator_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER))
     assert await asyncio.to_thread(watcher.connect)
     await asyncio.to_thread(watcher.subscribe, hub.topics.ingest_errors, 0)
     await release(api, "1.2.0")
