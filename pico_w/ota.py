@@ -217,9 +217,15 @@ class Updater:
                 otastate.remove(otastate.PART)
                 self.store.dl = None
             n = self._tries.get(m["sha256"], 0) + 1
-            self._tries[m["sha256"]] = _TRIES if reason == "hash_mismatch" else n
+            n = _TRIES if reason == "hash_mismatch" else n
+            self._tries[m["sha256"]] = n
             self._retry_at = self._now + _RETRY_MS * n
-            self._report("failed", m, reason, detail)
+            if reason == "download_error" and n < _TRIES:
+                # A cut or slow link is not a verdict on the release: still downloading (the
+                # next try resumes with Range), so one Wi-Fi hiccup cannot halt a rollout.
+                self._report("downloading", m, reason, "retry %d of %d: %s" % (n, _TRIES, detail))
+            else:
+                self._report("failed", m, reason, detail)
             return False
         self._apply(m)
         return True

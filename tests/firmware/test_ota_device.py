@@ -132,19 +132,23 @@ async def test_bad_artifacts_are_refused_and_nothing_is_replaced(
     with fleet(tmp_path / "flash", hub, signer, ["OTA-ART-1"]) as (p,):
         await online(pool, [p])
         n = 0
-        for version, (_, over) in zip(("1.1.0", "1.1.1", "1.1.2"), cases, strict=True):
+        for version, (reason, over) in zip(("1.1.0", "1.1.1", "1.1.2"), cases, strict=True):
             fields = manifest(settings, served, version, artifact_url=url, **over)
             await put_device_meta(pool, p.key, signed(signer, fields))
-            n += 3
-            await n_reports(pool, p, n)
+            # a download error is tried three times (15 s, then 30 s apart) before it fails
+            n += 9 if reason == "download_error" else 3
+            await n_reports(pool, p, n, timeout=120)
             if over.get("sha256") == cases[0][1]["sha256"]:
                 assert not p.exists("ota.part")  # worthless bytes are not kept
         await settle(3)
         got = await states(pool, p.key)
         want: list[tuple[str, str, str | None]] = []
         for version, (reason, _) in zip(("1.1.0", "1.1.1", "1.1.2"), cases, strict=True):
-            want += [(version, "received", None), (version, "downloading", None)]
-            want.append((version, "failed", reason))
+            tries = 3 if reason == "download_error" else 1
+            for t in range(tries):
+                want += [(version, "received", None), (version, "downloading", None)]
+                last = t == tries - 1
+                want.append((version, "failed" if last else "downloading", reason))
         assert got[: len(want)] == want, got
         assert not {s for _, s, _ in got} & {"verified", "applied", "booted_ok"}, got
         untouched(p)
