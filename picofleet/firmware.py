@@ -7,6 +7,9 @@ import importlib
 from pathlib import Path
 
 APPS = ("pico_w", "pico_usb")
+# device_type -> mpy-cross -march of its core (`mpy-cross --help` lists them): the Pico W's
+# RP2040 is a Cortex-M0+, the Pico 2 W's RP2350 a Cortex-M33 with single floats.
+MARCH = {"pico_w": "armv6m", "pico2_w": "armv7emsp"}
 
 
 def firmware_dir(app: str = "pico_w") -> Path:

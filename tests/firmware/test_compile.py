@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from picofleet.firmware import MARCH
 from tests.firmware.conftest import FIRMWARE
 
 FILES = sorted(FIRMWARE.glob("*.py"))
-# device_type -> mpy-cross -march of its core (`mpy-cross --help` lists them) and the arch
-# number an .mpy header carries for it (MicroPython's MP_NATIVE_ARCH_*).
-BOARDS = {"pico_w": ("armv6m", 4), "pico2_w": ("armv7emsp", 7)}
+# device_type -> mpy-cross -march of its core and the arch number an .mpy header carries for
+# it (MicroPython's MP_NATIVE_ARCH_*).
+ARCH_NUMBER = {"armv6m": 4, "armv7emsp": 7}
+BOARDS = {board: (march, ARCH_NUMBER[march]) for board, march in MARCH.items()}
 # What the rp2 port of MicroPython ships and the firmware's own modules; anything else would
 # fail to import on the board (nothing is installed with mip: the MQTT client is mqtt.py).
 MICROPYTHON = {

@@ -106,3 +106,25 @@ async def test_release_stores_signs_and_refuses_bad_files(
         PICOFLEET_OTA_MAX_ARTIFACT_BYTES="16",
     )
     assert rc == 1 and "limit" in err
+
+
+async def test_release_compiles_for_the_core_of_its_device_type(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Native code compiles only for a named core: a Pico W (armv6m) or Pico 2 W (armv7emsp)
+    release with it is accepted, a type whose core the hub does not know refuses it."""
+    await picofleet(settings, "keys", "init")
+    native = app_source("3.0.0") + b"\n@micropython.native\ndef twice(x):\n    return 2 * x\n"
+    f = tmp_path / "main.py"
+    f.write_bytes(native)
+    for device_type in ("pico_w", "pico2_w"):
+        rel = await picofleet_json(
+            settings, "ota", "release", str(f), "--version", "3.0.0", "-t", device_type
+        )
+        assert rel["device_type"] == device_type
+    rc, _, err = await picofleet(
+        settings, "ota", "release", str(f), "--version", "3.0.0", "-t", "pico_usb"
+    )
+    assert rc == 1 and "does not compile" in err
+    types = await pool.fetch("SELECT device_type FROM ota_release ORDER BY 1")
+    assert [r["device_type"] for r in types] == ["pico2_w", "pico_w"]
