@@ -19,12 +19,16 @@ TEST_DEPS = REPO / "scripts" / "test-deps.sh"
 
 def make_dry_run(target: str, venv: Path) -> str:
     """The commands `make TARGET` would run for a fresh venv (make -n runs nothing)."""
+    # Run as a top-level make even when the suite itself runs under `make test`: a nested
+    # make prints "Entering directory" lines and inherits the outer one's flags.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     res = subprocess.run(
-        ["make", "-n", target, f"VENV={venv}"],
+        ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return res.stdout
 
