@@ -21,11 +21,18 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
 
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    def _forward(self, upstream: bool) -> bool:
+        """Whether bytes going this way pass; a subclass drops them to fake a lossy link."""
+        return True
+
+    async def _pipe(
+        self, r: asyncio.StreamReader, w: asyncio.StreamWriter, *, upstream: bool = False
+    ) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
+                if self._forward(upstream):
+                    w.write(data)
+                    await w.drain()
         w.close()
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -35,7 +42,7 @@ class TcpProxy:
             w.close()
             return
         self._conns.update((w, uw))
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+        await asyncio.gather(self._pipe(r, uw, upstream=True), self._pipe(ur, w))
         self._conns.difference_update((w, uw))
 
     async def start(self) -> None:

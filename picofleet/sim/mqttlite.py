@@ -33,6 +33,19 @@ def _length(n: int) -> bytes:
             return bytes(out)
 
 
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One packet from ``reader``: its first byte (type and flags) and its body."""
+    head = await reader.readexactly(2)
+    n, mult, b = 0, 1, head[1]
+    while True:
+        n += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult *= 128
+        b = (await reader.readexactly(1))[0]
+    return head[0], (await reader.readexactly(n) if n else b"")
+
+
 def connect_packet(
     client_id: str, username: str, password: str, keepalive: int, clean: bool = True
 ) -> bytes:
@@ -95,16 +108,8 @@ class Publisher:
         assert self._reader is not None
         try:
             while True:
-                head = await self._reader.readexactly(2)
-                n, mult, b = 0, 1, head[1]
-                while True:
-                    n += (b & 0x7F) * mult
-                    if not b & 0x80:
-                        break
-                    mult *= 128
-                    b = (await self._reader.readexactly(1))[0]
-                body = await self._reader.readexactly(n) if n else b""
-                if head[0] == _PUBACK:
+                first, body = await read_packet(self._reader)
+                if first == _PUBACK:
                     (pid,) = struct.unpack("!H", body[:2])
                     sent_at = self._inflight.pop(pid, None)
                     if sent_at is not None:

@@ -16,7 +16,7 @@ import pytest
 
 from picofleet.credentials import FleetKeys
 from picofleet.settings import Settings
-from picofleet.sim.mqttlite import connect_packet, publish_packet
+from picofleet.sim.mqttlite import connect_packet, publish_packet, read_packet
 from picofleet.topics import Topics
 from tests.conftest import RunningHub, running_hub
 from tests.faults import TcpProxy
@@ -76,23 +76,8 @@ class AckLossProxy(TcpProxy):
 
     mute = False
 
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection(*self.target)
-        except OSError:
-            w.close()
-            return
-        self._conns.update((w, uw))
-        await asyncio.gather(self._upstream(r, uw), self._pipe(ur, w))
-        self._conns.difference_update((w, uw))
-
-    async def _upstream(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            while data := await r.read(65536):
-                if not self.mute:
-                    w.write(data)
-                    await w.drain()
-        w.close()
+    def _forward(self, upstream: bool) -> bool:
+        return not (upstream and self.mute)
 
 
 class RawDevice:
@@ -118,16 +103,8 @@ class RawDevice:
         assert self.reader is not None
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                head = await self.reader.readexactly(2)
-                n, mult, b = 0, 1, head[1]
-                while True:
-                    n += (b & 0x7F) * mult
-                    if not b & 0x80:
-                        break
-                    mult *= 128
-                    b = (await self.reader.readexactly(1))[0]
-                body = await self.reader.readexactly(n) if n else b""
-                if head[0] == _PUBACK:
+                first, body = await read_packet(self.reader)
+                if first == _PUBACK:
                     self.acked.add(struct.unpack("!H", body[:2])[0])
 
     def send(self, topic: str, payload: bytes, pid: int, *, dup: bool = False) -> None:
