@@ -24,15 +24,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from picofleet.credentials import FleetKeys
 from picofleet.topics import Kind, Topics
+from tests.ota.fleet import semver
 
 DEVICE, CHANNEL = "device", "channel"
 SETTLE_S = 0.3  # after both SUBACKs: the broker's retained meta has arrived by then
 POLL_S = 0.05
 TELEMETRY_S = 0.2
-
-
-def semver(v: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in v.split("."))
 
 
 class Board:

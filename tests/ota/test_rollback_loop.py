@@ -107,6 +107,23 @@ def manifest_of(payload: bytes | None) -> dict[str, Any] | None:
     return None if not payload else json.loads(json.loads(payload)["manifest"])
 
 
+async def release_three_and_roll_out_two(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, boards: list[Board]
+) -> None:
+    """Releases 1.1.0, 1.2.0 and 1.3.0; 1.1.0 then 1.2.0 rolled out to every board."""
+    for v in ("1.1.0", "1.2.0", "1.3.0"):
+        r = await api.post(
+            "/api/ota/releases",
+            params={"version": v, "device_type": "pico_w"},
+            content=app_source(v),
+        )
+        assert r.status_code == 201, r.text
+    for v in ("1.1.0", "1.2.0"):
+        ro = await post(api, "/api/ota/rollouts", version=v, waves=[100], soak_s=0)
+        await wait_state(pool, ro["id"], "completed")
+        await on_version(boards, v)
+
+
 @pytest.mark.parametrize("kind", ["waves", "channel"])
 async def test_rollback_then_new_rollout_changes_each_version_once(
     any_hub: RunningHub,
@@ -118,17 +135,7 @@ async def test_rollback_then_new_rollout_changes_each_version_once(
     hub = any_hub
     await provisioned(pool)
     async with operator(hub) as api:
-        for v in ("1.1.0", "1.2.0", "1.3.0"):
-            r = await api.post(
-                "/api/ota/releases",
-                params={"version": v, "device_type": "pico_w"},
-                content=app_source(v),
-            )
-            assert r.status_code == 201, r.text
-        for v in ("1.1.0", "1.2.0"):
-            ro = await post(api, "/api/ota/rollouts", version=v, waves=[100], soak_s=0)
-            await wait_state(pool, ro["id"], "completed")
-            await on_version(boards, v)
+        await release_three_and_roll_out_two(api, pool, boards)
         rb = await post(api, "/api/ota/rollback", device_type="pico_w")
         assert (rb["from_version"], rb["version"]) == ("1.2.0", "1.1.0")
         await wait_state(pool, rb["id"], "completed")
@@ -263,17 +270,7 @@ async def test_new_rollout_supersedes_a_rollback_still_under_way(
     try:
         await provisioned(pool)
         async with operator(hub) as api:
-            for v in ("1.1.0", "1.2.0", "1.3.0"):
-                r = await api.post(
-                    "/api/ota/releases",
-                    params={"version": v, "device_type": "pico_w"},
-                    content=app_source(v),
-                )
-                assert r.status_code == 201, r.text
-            for v in ("1.1.0", "1.2.0"):
-                ro = await post(api, "/api/ota/rollouts", version=v, waves=[100], soak_s=0)
-                await wait_state(pool, ro["id"], "completed")
-                await on_version(made, v)
+            await release_three_and_roll_out_two(api, pool, made)
             await asyncio.to_thread(away.stop)
             rb = await post(api, "/api/ota/rollback", device_type="pico_w")
             await on_version(made[1:], "1.1.0")
