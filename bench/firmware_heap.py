@@ -37,6 +37,8 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from firmware_ed25519 import MP_SCRIPT  # the same verify loop as the Ed25519 bench
+
 from picofleet import db
 from picofleet.credentials import FleetKeys
 from picofleet.pgembed import EmbeddedPostgres
@@ -45,20 +47,6 @@ from picofleet.sim.board import HEAP_CEILING, Board, Heap, device_config, flash
 
 SECRET = "bench-fleet-secret-0123456789"
 KEY = "BENCH-HEAP"
-
-VERIFY = """
-import binascii, gc, time
-import ed25519
-pk = binascii.unhexlify("{pk}")
-msg = binascii.unhexlify("{msg}")
-sig = binascii.unhexlify("{sig}")
-a0 = gc.mem_alloc()
-t0 = time.ticks_ms()
-for _ in range({runs}):
-    assert ed25519.verify(pk, msg, sig)
-dt = time.ticks_diff(time.ticks_ms(), t0)
-print("BENCH", dt / {runs}, (gc.mem_alloc() - a0) // {runs})
-"""
 
 
 def free_port() -> int:
@@ -140,10 +128,12 @@ async def measure(root: Path, steady_s: float, runs: int) -> None:
                 await asyncio.sleep(1)
                 steady.append(await asyncio.to_thread(board.heap, f"steady-{len(steady)}"))
             msg = bytes(range(256)) + bytes(44)  # a manifest-sized message
-            code = VERIFY.format(pk=pub.hex(), msg=msg.hex(), sig=signer.sign(msg).hex(), runs=runs)
+            code = MP_SCRIPT.format(
+                pk=pub.hex(), msg=msg.hex(), sig=signer.sign(msg).hex(), runs=runs
+            )
             out = await asyncio.to_thread(board.exec, code)
             verify = await asyncio.to_thread(board.heap, "after-verify")
-            bench = next(ln for ln in out if ln.startswith("BENCH")).split()
+            bench = next(ln for ln in out if ln.startswith("mp ")).split()
             by = {h.label: h for h in board.heaps()}
             print(f"live heap of {KEY} (gc.mem_alloc() after a collection), MicroPython 1.27 wasm")
             print(f"  harness baseline at boot: {by['boot'].alloc / 1024:.1f} KB")
