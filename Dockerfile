@@ -22,7 +22,7 @@ COPY release/requirements.lock release/build-constraints.txt ./release/
 COPY picofleet ./picofleet
 COPY bridge ./bridge
 COPY broker ./broker
-COPY pi_server ./pi_server
+COPY picofleet.web ./picofleet.web
 COPY sql ./sql
 COPY pico_w ./pico_w
 COPY pico_usb ./pico_usb

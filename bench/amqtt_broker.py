@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from broker.embedded import EmbeddedBroker
-from broker.policy import Policy
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Topics
+from picofleet.broker.embedded import EmbeddedBroker
+from picofleet.broker.policy import Policy
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Topics
 
 
 async def main(port: int, secret: str) -> None:

@@ -3,7 +3,7 @@ dashboard query from the rollups vs from the raw facts.
 
     .venv/bin/python bench/analytics_bench.py [--rate 1000] [--month-rate 10] [--url URL]
 
-Without --url it starts a private PostgreSQL (picofleet.pgembed) in a temporary directory.
+Without --url it starts a private PostgreSQL (picofleet.core.pgembed) in a temporary directory.
 Data is generated server-side (INSERT ... SELECT generate_series), one fact per message,
 devices and record types round-robin, ingested_at just after record_time (settled).
 """
@@ -27,8 +27,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pi_server.analytics import AnalyticsSettings, backfill, refresh
-from picofleet import db
+from picofleet.analytics import AnalyticsSettings, backfill, refresh
+from picofleet.core import db
 
 TYPES = [
     "soil_moisture_pct",
@@ -228,7 +228,7 @@ async def main() -> int:
         base = args.url.rsplit("/", 1)[0]
         url_for: Callable[[str], str] = lambda name: f"{base}/{name}"  # noqa: E731
     else:
-        from picofleet.pgembed import EmbeddedPostgres
+        from picofleet.core.pgembed import EmbeddedPostgres
 
         tmp = tempfile.mkdtemp(prefix="picofleet-bench-")
         os.chmod(tmp, 0o755)

@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from firmware_ed25519 import MP_SCRIPT  # the same verify loop as the Ed25519 bench
 
-from picofleet import db
-from picofleet.credentials import FleetKeys
-from picofleet.pgembed import EmbeddedPostgres
-from picofleet.settings import Settings
+from picofleet.core import db
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.pgembed import EmbeddedPostgres
+from picofleet.core.settings import Settings
 from picofleet.sim.board import HEAP_CEILING, Board, Heap, device_config, flash
 
 SECRET = "bench-fleet-secret-0123456789"
@@ -101,7 +101,7 @@ def row(label: str, h: Heap) -> None:
 
 
 async def measure(root: Path, steady_s: float, runs: int) -> None:
-    from pi_server.ota.keys import key_id
+    from picofleet.core.signing import key_id
 
     signer = Ed25519PrivateKey.generate()
     pub = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -15,10 +15,10 @@ import asyncpg
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.decode import Decoder, Limits
-from bridge.ledger import load_record_types
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Topics
+from picofleet.bridge.decode import Decoder, Limits
+from picofleet.bridge.ledger import load_record_types
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Topics
 
 SECRET = sys.argv[3].encode() if len(sys.argv) > 3 else b"bench-fleet-secret-0123456789"
 

@@ -33,13 +33,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker import mosquitto
-from broker.policy import Policy
-from picofleet import db
-from picofleet.credentials import FleetKeys
-from picofleet.pgembed import EmbeddedPostgres
+from picofleet.broker import mosquitto
+from picofleet.broker.policy import Policy
+from picofleet.core import db
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.pgembed import EmbeddedPostgres
+from picofleet.core.topics import Topics
 from picofleet.sim.mqttlite import Publisher
-from picofleet.topics import Topics
 
 SECRET = "bench-fleet-secret-0123456789"
 KEYS = FleetKeys(SECRET.encode())

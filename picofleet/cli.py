@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from picofleet import logs
-from picofleet.settings import Settings
+from picofleet.core import command
+from picofleet.core.command import VERBOSE_FLAG, CommandError, DataDir, settings_for
 
 app = typer.Typer(
     help="Run a fleet of Raspberry Pi Picos from a Raspberry Pi.",
@@ -27,23 +26,6 @@ creds_app = typer.Typer(help="MQTT credentials for devices and operators.", no_a
 app.add_typer(db_app, name="db")
 app.add_typer(creds_app, name="creds")
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="PICOFLEET_DATA_DIR",
-        help="Hub state: embedded database, fleet secret, keys [./picofleet-data].",
-    ),
-]
-
-
-# Commands that run until stopped log what they do; every other one prints its answer and
-# nothing else on stderr unless --verbose (or PICOFLEET_LOG_LEVEL is set).
-LONG_RUNNING = frozenset({("up",), ("serve",), ("simulate",), ("tail",), ("usb", "gateway")})
-VERBOSE_FLAG = "--verbose"
-_verbose = False
-_command: tuple[str, ...] = ()  # the subcommand's words, set by main()
-
 
 @app.callback()
 def _options(
@@ -51,32 +33,7 @@ def _options(
         bool, typer.Option(VERBOSE_FLAG, help="Log lines on stderr from one-shot commands too.")
     ] = False,
 ) -> None:
-    global _verbose
-    _verbose = verbose
-
-
-def _log_level(settings: Settings) -> str:
-    if _verbose or "log_level" in settings.model_fields_set:
-        return settings.log_level
-    long_running = any(_command[: len(p)] == p for p in LONG_RUNNING)
-    return settings.log_level if long_running else "WARNING"
-
-
-class CommandError(Exception):
-    """A failure the user can act on; printed without a traceback."""
-
-
-def settings_for(data_dir: Path | None, *, starting: bool = False, **overrides: Any) -> Settings:
-    """Flags, then PICOFLEET_* (and .env), then the endpoints the hub recorded in its data
-    dir (picofleet/endpoints.py), then defaults."""
-    from picofleet.endpoints import apply
-
-    values = {k: v for k, v in overrides.items() if v is not None}
-    if data_dir is not None:
-        values["data_dir"] = data_dir
-    settings = apply(Settings(**values), starting=starting)
-    logs.configure(_log_level(settings), settings.log_format)
-    return settings
+    command.state.verbose = verbose
 
 
 def _emit(data: dict[str, Any], as_json: bool) -> None:
@@ -101,7 +58,7 @@ def up(
         typer.Option(help="Base URL devices fetch artifacts from [http://LAN-address:http-port]."),
     ] = None,
     usb_gateway: Annotated[
-        bool, typer.Option(help="Also relay USB Picos' serial telemetry (pi_server.usb).")
+        bool, typer.Option(help="Also relay USB Picos' serial telemetry (picofleet.usb).")
     ] = False,
 ) -> None:
     """Run the whole hub: embedded PostgreSQL (unless configured), broker, bridge, HTTP.
@@ -109,11 +66,11 @@ def up(
     Its endpoints are recorded in the data dir; the other commands find the hub there."""
     import os
 
-    from picofleet.endpoints import public_url as default_public_url
+    from picofleet.core.endpoints import public_url as default_public_url
     from picofleet.hub import run_hub
 
     if usb_gateway:
-        os.environ["PICOFLEET_USB_GATEWAY"] = "1"  # read by pi_server.usb's own settings
+        os.environ["PICOFLEET_USB_GATEWAY"] = "1"  # read by picofleet.usb's own settings
 
     settings = settings_for(
         data_dir,
@@ -139,7 +96,7 @@ def serve(
     from picofleet.hub import run_hub
 
     if role == "usb-gateway":
-        from pi_server.usb.cli import gateway_cmd
+        from picofleet.usb.cli import gateway_cmd
 
         gateway_cmd(data_dir=data_dir, port=None)
         return
@@ -154,8 +111,8 @@ def serve(
 @db_app.command("migrate")
 def db_migrate(data_dir: DataDir = None) -> None:
     """Apply pending migrations from sql/ (creates the embedded cluster if there is none)."""
-    from picofleet import db
-    from picofleet.hub import embedded_url
+    from picofleet.core import db
+    from picofleet.core.runtime import embedded_url
 
     settings = settings_for(data_dir)
     applied = asyncio.run(db.migrate(embedded_url(settings, create=True)))
@@ -167,7 +124,7 @@ def db_migrate(data_dir: DataDir = None) -> None:
 @db_app.command("url")
 def db_url(data_dir: DataDir = None) -> None:
     """Print a libpq URL (psql "$(picofleet db url)")."""
-    from picofleet.hub import embedded_url
+    from picofleet.core.runtime import embedded_url
 
     typer.echo(embedded_url(settings_for(data_dir)))
 
@@ -175,7 +132,7 @@ def db_url(data_dir: DataDir = None) -> None:
 @db_app.command("stop")
 def db_stop(data_dir: DataDir = None) -> None:
     """Stop the embedded cluster that one-shot commands (db url, db migrate) leave running."""
-    from picofleet.pgembed import EmbeddedPostgres
+    from picofleet.core.pgembed import EmbeddedPostgres
 
     settings = settings_for(data_dir)
     if settings.database_url:
@@ -196,16 +153,16 @@ def creds_device(
     ] = False,
 ) -> None:
     """MQTT username and password of one device."""
-    from picofleet.endpoints import fleet_keys
-    from picofleet.topics import valid_device_key
+    from picofleet.core.endpoints import fleet_keys
+    from picofleet.core.topics import valid_device_key
 
     if not valid_device_key(key):
         raise CommandError(f"{key!r} is not a valid device key ([A-Za-z0-9_-]{{1,64}})")
     settings = settings_for(data_dir)
     keys = fleet_keys(settings)
     if register:
-        from picofleet import db
-        from picofleet.hub import embedded_url
+        from picofleet.core import db
+        from picofleet.core.runtime import embedded_url
 
         asyncio.run(db.register_device(embedded_url(settings), key))
     _emit({"username": key, "password": keys.device_password(key)}, as_json)
@@ -217,8 +174,8 @@ def creds_operator(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """MQTT credentials (read everything, publish commands) and the HTTP operator token."""
-    from picofleet.credentials import OPERATOR_USER
-    from picofleet.endpoints import fleet_keys
+    from picofleet.core.credentials import OPERATOR_USER
+    from picofleet.core.endpoints import fleet_keys
 
     keys = fleet_keys(settings_for(data_dir))
     _emit(
@@ -232,9 +189,9 @@ def creds_operator(
 
 
 def _register_extensions() -> None:
-    from picofleet import extensions
+    from picofleet import areas
 
-    for module in extensions.modules("cli"):
+    for module in areas.modules("cli"):
         module.register(app)
 
 
@@ -242,11 +199,10 @@ def _args() -> list[str]:
     """The command line, with --verbose moved first wherever it was given."""
     import sys
 
-    global _command
     args = sys.argv[1:]
     if VERBOSE_FLAG in args:
         args = [VERBOSE_FLAG, *(a for a in args if a != VERBOSE_FLAG)]
-    _command = tuple(a for a in args if not a.startswith("-"))[:2]
+    command.state.words = tuple(a for a in args if not a.startswith("-"))[:2]
     return args
 
 
@@ -260,10 +216,10 @@ def main() -> int:
         typer.echo(f"picofleet: {exc}", err=True)
         return 1
     except Exception as exc:
-        from picofleet.db import MigrationError
-        from picofleet.endpoints import NoHub
-        from picofleet.pgembed import PostgresUnavailable
-        from picofleet.supervise import HubFailed
+        from picofleet.core.db import MigrationError
+        from picofleet.core.endpoints import NoHub
+        from picofleet.core.pgembed import PostgresUnavailable
+        from picofleet.core.supervise import HubFailed
 
         # HubFailed: a task kept dying; exit non-zero so that systemd restarts the hub.
         if isinstance(exc, (PostgresUnavailable, MigrationError, NoHub, OSError, HubFailed)):

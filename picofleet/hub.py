@@ -1,16 +1,17 @@
-"""Assembling the hub: database, broker, bridge and HTTP in one asyncio loop, or one role.
+"""Assembling the hub: database, broker, bridge, areas and HTTP in one asyncio loop.
 
-``run_up`` is ``picofleet up`` (embedded defaults); ``run_role`` is ``picofleet serve ROLE``
-against an external broker and database. Both build the same parts the same way.
+``run_hub`` serves ``picofleet up`` (all roles, embedded broker) and ``picofleet serve ROLE``
+(one role against an external broker and database); both build the same parts the same way:
+``open_database``, ``open_broker``, then the bridge, the areas' loops and the HTTP app.
+This is the top floor: it imports every other part, and nothing imports it but the CLI.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,26 +19,25 @@ from types import ModuleType
 from typing import Any
 
 import asyncpg
-import uvicorn
+from fastapi import FastAPI
 
-from bridge.mqtt import MqttSession
-from bridge.source import Source
-from broker.policy import Policy, hub_client_ids
-from picofleet import db, endpoints, extensions, logs
-from picofleet.credentials import (
-    HUB_USER,
-    OPERATOR_USER,
-    FleetKeys,
-    load_fleet_keys,
-    read_renewed,
-    read_rotation,
-)
-from picofleet.settings import Settings, mqtt_endpoint
-from picofleet.supervise import Supervisor
-from picofleet.topics import Topics
+from picofleet import areas
+from picofleet.bridge.mqtt import hub_session
+from picofleet.bridge.service import Bridge, Ingest
+from picofleet.broker import access, mosquitto
+from picofleet.broker.policy import Policy, hub_client_ids
+from picofleet.broker.tap import Tap
+from picofleet.core import db, endpoints, logs
+from picofleet.core.credentials import OPERATOR_USER, FleetKeys, load_fleet_keys
+from picofleet.core.runtime import hub_database, install_signals
+from picofleet.core.settings import Settings, mqtt_endpoint
+from picofleet.core.source import Source
+from picofleet.core.supervise import Supervisor
+from picofleet.core.topics import Topics
+from picofleet.web.app import HubContext, create_app
+from picofleet.web.server import serve_http
 
 DRAIN_SECONDS = 10.0
-POLICY_SYNC_S = 5.0  # how often the broker's view of devices (and a grace period) is refreshed
 
 
 @dataclass
@@ -47,65 +47,6 @@ class Endpoints:
     mqtt_port: int
     http_port: int | None
     operator_port: int | None = None  # where operators connect, when not mqtt_port
-
-
-async def renewed_devices(
-    settings: Settings, pool: asyncpg.Pool, keys: FleetKeys
-) -> frozenset[str]:
-    """Devices a managed Mosquitto lists with the current secret's password during a grace
-    period: those marked renewed, and those first seen after the rotation."""
-    rotation = read_rotation(settings)
-    if rotation is None or keys.grace_keys() is None:
-        return frozenset()
-    return read_renewed(settings) | await db.devices_first_seen_since(pool, rotation.rotated_at)
-
-
-def mqtt_session(settings: Settings, keys: FleetKeys, host: str, port: int) -> MqttSession:
-    """The bridge's persistent session on an external broker (optionally shared)."""
-    filters = Topics(settings.topic_prefix).inbound_filters()
-    if settings.shared_subscription:
-        filters = [f"$share/{settings.shared_subscription}/{f}" for f in filters]
-    return MqttSession(
-        host=host,
-        port=port,
-        username=HUB_USER,
-        password=keys.role_password(HUB_USER),
-        client_id=settings.bridge_client_id,
-        filters=filters,
-        buffer_max=settings.buffer_max_messages,
-        keepalive=settings.mqtt_keepalive_s,
-        will=(Topics(settings.topic_prefix).hub_status, b'{"state":"offline"}'),
-    )
-
-
-@contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[str]:
-    """The database URL: the configured server, or the embedded cluster for the duration."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    from picofleet.pgembed import EmbeddedPostgres
-
-    pg = EmbeddedPostgres(settings.data_path, port=settings.pg_port)
-    url = await asyncio.to_thread(pg.start)
-    try:
-        yield url
-    finally:
-        await asyncio.to_thread(pg.stop)
-
-
-def embedded_url(settings: Settings, *, create: bool = False) -> str:
-    """URL of the hub's database for one-shot commands (the embedded cluster is started if
-    needed, and created only with ``create``: never a second hub by accident)."""
-    return endpoints.database_url(settings, create=create)
-
-
-def install_signals(stop: asyncio.Event) -> None:
-    """SIGINT/SIGTERM set ``stop``: every long-running command drains the same way."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
 
 
 def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
@@ -131,82 +72,6 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
     return "\n".join(lines)
 
 
-async def grace_state(settings: Settings, pool: asyncpg.Pool, keys: FleetKeys) -> Hashable:
-    """What else decides Mosquitto's users during a rotation: whether the grace period runs,
-    and which devices are renewed."""
-    return keys.grace_keys() is not None, await renewed_devices(settings, pool, keys)
-
-
-async def sync_device_access(
-    pool: asyncpg.Pool,
-    policy: Policy,
-    stop: asyncio.Event,
-    on_change: Callable[[set[str]], Awaitable[None]] | None,
-    interval: float = 5.0,
-    users_state: Callable[[], Awaitable[Hashable]] | None = None,
-    on_blocked: Callable[[set[str]], int] | None = None,
-) -> None:
-    """Keep the broker's view of blocked (and, for Mosquitto, known) devices current.
-
-    ``users_state`` adds to what makes Mosquitto's users change: the grace period of a
-    rotation (its end, devices renewed during it). ``on_blocked`` cuts the open connections
-    of devices blocked since the last look (a block would otherwise wait for a reconnect).
-    """
-    log = logs.get("picofleet.hub")
-    known: tuple[set[str], Hashable] | None = None
-    while not stop.is_set():
-        try:
-            before = policy.blocked
-            active, policy.blocked = await db.device_access(pool)
-            newly = policy.blocked - before
-            if newly and on_blocked is not None:
-                log.info("hub.blocked_disconnected", devices=sorted(newly), n=on_blocked(newly))
-            state = (active, None if users_state is None else await users_state())
-            # The first look counts as a change too: devices may have come and gone since
-            # the caller last wrote what on_change writes.
-            if on_change is not None and state != known:
-                await on_change(active)
-                log.info("hub.broker_users_updated", devices=len(active))
-            known = state
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.InternalClientError,  # a connection left mid-operation by an outage
-        ) as exc:
-            log.warning("hub.policy_sync_failed", error=str(exc)[:200])
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
-
-
-class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the hub's stop event owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def _serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Event) -> None:
-    from pi_server.header_timeout import header_timeout_protocol
-
-    config = uvicorn.Config(
-        app,
-        host=settings.http_bind,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        http=header_timeout_protocol(settings.http_header_timeout_s),
-    )
-    server = _HttpServer(config)
-    task = asyncio.create_task(server.serve(), name="hub[http].serve")
-    await stop.wait()
-    server.should_exit = True
-    await task
-
-
 def _reattaching(
     module: ModuleType, i: int, first: Coroutine[Any, Any, None], hub: Any, stop: asyncio.Event
 ) -> Callable[[], Awaitable[None]]:
@@ -227,6 +92,130 @@ def _reattaching(
     return run
 
 
+@dataclass
+class BrokerSide:
+    """What the broker part of the assembly hands the rest."""
+
+    mqtt_host: str
+    mqtt_port: int
+    session_port: int  # where the hub's own session connects
+    policy: Policy | None = None  # the embedded brokers' access policy
+    tap: Tap | None = None  # the embedded amqtt broker feeds the bridge directly
+    on_change: Callable[[set[str]], Awaitable[None]] | None = None
+    users_state: Callable[[], Awaitable[Hashable]] | None = None
+
+
+async def open_database(
+    stack: contextlib.AsyncExitStack, settings: Settings, keys: FleetKeys
+) -> tuple[str, asyncpg.Pool, Ingest]:
+    """Start (or find) the database, migrate it, and open the runtime pool and the ingest."""
+    from picofleet.security.roles import ensure_runtime_login
+
+    url = await stack.enter_async_context(hub_database(settings))
+    applied = await db.migrate(url)
+    if applied:
+        logs.get("picofleet.hub").info("hub.migrated", versions=applied)
+    # Migrations ran as the owner; the long-running pool gets only row rights.
+    runtime_url = await ensure_runtime_login(url, keys)
+    pool = await db.create_pool(runtime_url or url, max_size=8)
+    stack.push_async_callback(pool.close)
+    ingest = Ingest(settings=settings, pool=pool, keys=keys)
+    await ingest.refresh_record_types(force=True)
+    ingest.db_ok = True
+    return url, pool, ingest
+
+
+async def _managed_mosquitto(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    policy: Policy,
+    pool: asyncpg.Pool,
+    keys: FleetKeys,
+) -> BrokerSide:
+    async def write_files(active: set[str]) -> Path:
+        return mosquitto.write_config(
+            settings.data_path / "mosquitto",
+            policy,
+            device_keys=active,
+            bind=settings.mqtt_bind,
+            port=settings.mqtt_port,
+            hub_port=settings.hub_mqtt_port,
+            renewed=await access.renewed_devices(settings, pool, keys),
+            max_packet=settings.mqtt_max_packet_bytes,
+        )
+
+    active, policy.blocked = await db.device_access(pool)
+    managed = await stack.enter_async_context(
+        mosquitto.ManagedMosquitto(
+            await write_files(active), port=settings.mqtt_port, hub_port=settings.hub_mqtt_port
+        )
+    )
+
+    async def refresh_users(active: set[str]) -> None:
+        await write_files(active)
+        managed.reload()
+
+    async def users_now() -> Hashable:
+        return await access.grace_state(settings, pool, keys)
+
+    # Devices cannot log in on the hub's own listener (picofleet/broker/mosquitto.py).
+    return BrokerSide(
+        "127.0.0.1",
+        settings.mqtt_port,
+        settings.hub_mqtt_port,
+        policy=policy,
+        on_change=refresh_users,
+        users_state=users_now,
+    )
+
+
+async def open_broker(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    keys: FleetKeys,
+    pool: asyncpg.Pool,
+    *,
+    embedded: bool,
+) -> BrokerSide:
+    """The embedded broker (amqtt with its tap, or a managed Mosquitto), or the external
+    broker of PICOFLEET_MQTT_URL."""
+    if not embedded:
+        if not settings.mqtt_url:
+            raise SystemExit("picofleet: set PICOFLEET_MQTT_URL to serve the bridge")
+        host, port = mqtt_endpoint(settings.mqtt_url)
+        return BrokerSide(host, port, port)
+    policy = Policy(Topics(settings.topic_prefix), keys, hub_client_ids=hub_client_ids(settings))
+    if settings.broker == "mosquitto":
+        return await _managed_mosquitto(stack, settings, policy, pool, keys)
+    # The embedded broker feeds the bridge directly; devices' PUBACKs wait for the commit
+    # (picofleet/broker/tap.py).
+    tap = Tap(
+        policy=policy,
+        bind=settings.mqtt_bind,
+        port=settings.mqtt_port,
+        buffer_max=settings.buffer_max_messages,
+        max_packet=settings.mqtt_max_packet_bytes,
+    )
+    await stack.enter_async_context(tap)
+    port = settings.mqtt_port
+    return BrokerSide("127.0.0.1", port, port, policy=policy, tap=tap)
+
+
+def build_app(hub: HubContext) -> FastAPI:
+    """The HTTP app with every area's routes."""
+    return create_app(hub, routers=[m.router for m in areas.modules("routes")])
+
+
+async def start_areas(
+    hub: HubContext, areas: list[ModuleType], stop: asyncio.Event, supervisor: Supervisor
+) -> None:
+    """Each area's background loops, supervised and restarted one by one."""
+    for module in areas:
+        for i, coro in enumerate(await module.attach(hub, stop)):
+            name = f"{module.__name__.rsplit('.', 2)[-2]}[{i}]"
+            supervisor.start(name, _reattaching(module, i, coro, hub, stop))
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -239,10 +228,6 @@ async def run_hub(
     """Run the given roles ('bridge', 'http') with or without the embedded broker.
 
     Raises ``HubFailed`` (after a clean shutdown) when a supervised task kept failing."""
-    from bridge.service import Bridge, Ingest
-    from broker.tap import Tap
-    from pi_server.app import HubContext, create_app
-
     log = logs.get("picofleet.hub")
     stop = stop or asyncio.Event()
     if handle_signals:
@@ -250,83 +235,8 @@ async def run_hub(
     keys = load_fleet_keys(settings)
     topics = Topics(settings.topic_prefix)
     async with contextlib.AsyncExitStack() as stack:
-        url = await stack.enter_async_context(database(settings))
-        applied = await db.migrate(url)
-        if applied:
-            log.info("hub.migrated", versions=applied)
-        from pi_server.security.roles import ensure_runtime_login
-
-        # Migrations ran as the owner; the long-running pool gets only row rights.
-        runtime_url = await ensure_runtime_login(url, keys)
-        pool = await db.create_pool(runtime_url or url, max_size=8)
-        stack.push_async_callback(pool.close)
-        ingest = Ingest(settings=settings, pool=pool, keys=keys)
-        await ingest.refresh_record_types(force=True)
-        ingest.db_ok = True
-
-        tap: Tap | None = None
-        policy: Policy | None = None
-        on_change: Callable[[set[str]], Awaitable[None]] | None = None
-        users_state: Callable[[], Awaitable[Hashable]] | None = None
-        if embedded_broker:
-            mqtt_host, mqtt_port = "127.0.0.1", settings.mqtt_port
-            session_port = mqtt_port
-            policy = Policy(topics, keys, hub_client_ids=hub_client_ids(settings))
-            if settings.broker == "mosquitto":
-                from broker import mosquitto
-
-                mosquitto_policy = policy
-
-                async def write_files(active: set[str]) -> Path:
-                    return mosquitto.write_config(
-                        settings.data_path / "mosquitto",
-                        mosquitto_policy,
-                        device_keys=active,
-                        bind=settings.mqtt_bind,
-                        port=settings.mqtt_port,
-                        hub_port=settings.hub_mqtt_port,
-                        renewed=await renewed_devices(settings, pool, keys),
-                        max_packet=settings.mqtt_max_packet_bytes,
-                    )
-
-                active, policy.blocked = await db.device_access(pool)
-                managed = await stack.enter_async_context(
-                    mosquitto.ManagedMosquitto(
-                        await write_files(active),
-                        port=settings.mqtt_port,
-                        hub_port=settings.hub_mqtt_port,
-                    )
-                )
-                # Devices cannot log in on the hub's own listener (broker/mosquitto.py).
-                session_port = settings.hub_mqtt_port
-
-                async def refresh_users(active: set[str]) -> None:
-                    await write_files(active)
-                    managed.reload()
-
-                async def users_now() -> Hashable:
-                    return await grace_state(settings, pool, keys)
-
-                on_change, users_state = refresh_users, users_now
-            else:
-                from broker.tap import Tap
-
-                # The embedded broker feeds the bridge directly; devices' PUBACKs wait for
-                # the commit (broker/tap.py).
-                tap = Tap(
-                    policy=policy,
-                    bind=settings.mqtt_bind,
-                    port=settings.mqtt_port,
-                    buffer_max=settings.buffer_max_messages,
-                    max_packet=settings.mqtt_max_packet_bytes,
-                )
-                await stack.enter_async_context(tap)
-        else:
-            if not settings.mqtt_url:
-                raise SystemExit("picofleet: set PICOFLEET_MQTT_URL to serve the bridge")
-            mqtt_host, mqtt_port = mqtt_endpoint(settings.mqtt_url)
-            session_port = mqtt_port
-
+        url, pool, ingest = await open_database(stack, settings, keys)
+        broker = await open_broker(stack, settings, keys, pool, embedded=embedded_broker)
         supervisor = Supervisor(
             stop,
             max_failures=settings.task_max_failures,
@@ -335,44 +245,43 @@ async def run_hub(
         hub = HubContext(
             settings=settings, pool=pool, ingest=ingest, keys=keys, supervisor=supervisor
         )
-        if policy is not None:
+        if broker.policy is not None:
             supervisor.start(
                 "policy",
                 partial(
-                    sync_device_access,
+                    access.sync_device_access,
                     pool,
-                    policy,
+                    broker.policy,
                     stop,
-                    on_change,
-                    POLICY_SYNC_S,
-                    users_state=users_state,
-                    on_blocked=None if tap is None else tap.disconnect,
+                    broker.on_change,
+                    access.POLICY_SYNC_S,
+                    users_state=broker.users_state,
+                    on_blocked=None if broker.tap is None else broker.tap.disconnect,
                 ),
             )
         if "bridge" in roles:
             source: Source
-            if tap is not None:
-                source = tap
+            if broker.tap is not None:
+                source = broker.tap
             else:
                 source = await stack.enter_async_context(
-                    mqtt_session(settings, keys, mqtt_host, session_port)
+                    hub_session(settings, keys, broker.mqtt_host, broker.session_port)
                 )
             source.publish(topics.hub_status, b'{"state":"online"}', qos=1, retain=True)
             hub.bridge = Bridge(ingest=ingest, session=source)
             supervisor.start("bridge", hub.bridge.run)
-            for module in extensions.modules("service"):
-                for i, coro in enumerate(await module.attach(hub, stop)):
-                    name = f"{module.__name__.rsplit('.', 2)[-2]}[{i}]"
-                    supervisor.start(name, _reattaching(module, i, coro, hub, stop))
+            await start_areas(hub, areas.modules("service"), stop, supervisor)
         http_port = settings.http_port if "http" in roles else None
         if http_port:
-            app = create_app(hub)
-            supervisor.start("http", partial(_serve_http, app, settings, http_port, stop))
-        ep = Endpoints(url, mqtt_host, mqtt_port, http_port, operator_port=session_port)
+            app = build_app(hub)
+            supervisor.start("http", partial(serve_http, app, settings, http_port, stop))
+        ep = Endpoints(
+            url, broker.mqtt_host, broker.mqtt_port, http_port, operator_port=broker.session_port
+        )
         if embedded_broker:
             endpoints.record(settings, database_url=url, http=bool(http_port))
             print(banner(settings, keys, ep), file=sys.stderr, flush=True)  # noqa: T201
-        log.info("hub.ready", roles=sorted(roles), mqtt_port=mqtt_port, http_port=http_port)
+        log.info("hub.ready", roles=sorted(roles), mqtt_port=broker.mqtt_port, http_port=http_port)
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing it first
-    from pi_server.release.bundle import build_bundle
-    from pi_server.release.signing import ReleaseError, release_key
+    from picofleet.release.bundle import build_bundle
+    from picofleet.release.signing import ReleaseError, release_key
 
     try:
         built = build_bundle(

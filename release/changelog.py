@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from pi_server.release import changelog
-    from pi_server.release.bundle import CHANGELOG, check_project_version
-    from pi_server.release.signing import ReleaseError
+    from picofleet.release import changelog
+    from picofleet.release.bundle import CHANGELOG, check_project_version
+    from picofleet.release.signing import ReleaseError
 
     text = (ROOT / CHANGELOG).read_text()
     if args.action == "notes":

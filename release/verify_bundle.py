@@ -7,7 +7,7 @@
 Checks, in order: meta.json is well formed, the tarball is named for meta.version, the
 signing key is the trusted one, the sha256 matches, the Ed25519 signature over that sha256
 is valid. On an installed hub ``picofleet release verify`` is the same check; on a Pi with no
-picofleet yet, the OpenSSL commands in pi_server/release/signing.py are.
+picofleet yet, the OpenSSL commands in picofleet/release/signing.py are.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from pi_server.release.signing import (
+    from picofleet.release.signing import (
         META_FILE,
         BundleMeta,
         ReleaseError,

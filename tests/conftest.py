@@ -22,13 +22,13 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from broker.embedded import EmbeddedBroker
-from broker.policy import Policy
-from picofleet import db
-from picofleet.credentials import FleetKeys
-from picofleet.pgembed import EmbeddedPostgres
-from picofleet.settings import Settings
-from picofleet.topics import Topics
+from picofleet.broker.embedded import EmbeddedBroker
+from picofleet.broker.policy import Policy
+from picofleet.core import db
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.pgembed import EmbeddedPostgres
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Topics
 from tests.helpers import SECRET, free_port
 
 REQUIRE_ALL = os.environ.get("PICOFLEET_REQUIRE_ALL", "1") != "0"
@@ -140,7 +140,7 @@ def mosquitto_available() -> bool:
 @pytest.fixture
 async def mosquitto_factory(tmp_path: Path, policy: Policy) -> AsyncIterator[Any]:
     """Start Mosquitto with the generated config for the given device keys."""
-    from broker import mosquitto
+    from picofleet.broker import mosquitto
 
     need(mosquitto_available(), "mosquitto")
     stack = contextlib.AsyncExitStack()

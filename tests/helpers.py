@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from picofleet.credentials import FleetKeys
+from picofleet.core.credentials import FleetKeys
 
 SECRET = "test-fleet-secret-0123456789abcdef"
 CLI = [sys.executable, "-m", "picofleet"]
@@ -42,8 +42,8 @@ def new_hub_dir(data_dir: Path, umask: int = -1) -> None:
     """Create what `picofleet up` creates first, the fleet secret, in a subprocess with
     ``umask``: one-shot commands (creds, db url, ...) never create a hub."""
     code = (
-        "import sys; from pathlib import Path; from picofleet.settings import Settings; "
-        "from picofleet.credentials import load_fleet_secret; "
+        "import sys; from pathlib import Path; from picofleet.core.settings import Settings; "
+        "from picofleet.core.credentials import load_fleet_secret; "
         "load_fleet_secret(Settings(data_dir=Path(sys.argv[1])))"
     )
     subprocess.run([sys.executable, "-c", code, str(data_dir)], check=True, umask=umask)

@@ -11,9 +11,9 @@ from typing import Annotated, cast
 
 import typer
 
-from picofleet.cli import CommandError, DataDir, settings_for
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.command import CommandError, DataDir, settings_for
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -69,8 +69,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="JSON summary.")] = False,
     ) -> None:
         """Simulate a fleet over MQTT with real device credentials; prints what it sent."""
-        from picofleet.endpoints import fleet_keys, local_host
-        from picofleet.topics import Topics
+        from picofleet.core.endpoints import fleet_keys, local_host
+        from picofleet.core.topics import Topics
 
         settings = settings_for(data_dir)
         host = host or local_host(settings.mqtt_bind)
@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         settings: Settings, keys: FleetKeys, n: int, host: str, port: int, duration: float
     ) -> None:
         # real MicroPython boards (picofleet.sim.board), flashed as `usb flash` would
-        from pi_server.usb._config import ota_public_key
+        from picofleet.core.devconfig import ota_public_key
         from picofleet.sim.board import available
         from picofleet.sim.board.fleet import run_board_fleet
 

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from picofleet.credentials import FleetKeys
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.mqttlite import Publisher
-from picofleet.topics import Kind, Topics
 
 Format = Literal["legacy", "v1", "mixed"]
 MALFORMED: tuple[bytes, ...] = (

@@ -14,10 +14,10 @@ import asyncpg
 import httpx
 import pytest
 
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Topics
 from picofleet.sim.mqttlite import connect_packet, publish_packet, read_packet
-from picofleet.topics import Topics
 from tests.conftest import RunningHub, running_hub
 from tests.faults import TcpProxy
 from tests.helpers import wait_for

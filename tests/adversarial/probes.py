@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from picofleet.credentials import FleetKeys
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.mqttlite import Publisher
-from picofleet.topics import Kind, Topics
 from tests.delivery.conftest import DEVICES, envelope
 
 

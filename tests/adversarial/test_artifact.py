@@ -8,7 +8,7 @@ import hashlib
 import httpx
 from structlog.testing import capture_logs
 
-from pi_server.ota.store import ArtifactStore
+from picofleet.core.artifacts import ArtifactStore
 from tests.conftest import RunningHub
 
 DATA = b"# main.py\n" + b"print('hello')\n" * 200

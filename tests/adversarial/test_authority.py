@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from picofleet.topics import Kind
+from picofleet.core.topics import Kind
 from tests.adversarial.conftest import (
     BROKERS,
     Counts,

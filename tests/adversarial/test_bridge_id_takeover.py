@@ -15,8 +15,8 @@ import contextlib
 
 import asyncpg
 
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
 from tests.adversarial.raw import RawClient, connect_packet
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.delivery.conftest import DEVICES, Stream, fact_counts, publish_stream, wait_facts

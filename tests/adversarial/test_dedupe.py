@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from picofleet.settings import Settings
-from picofleet.topics import Kind
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind
 from tests.adversarial.conftest import (
     BROKERS,
     AckLossProxy,

@@ -21,9 +21,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from picofleet.credentials import FleetKeys
-from picofleet.pgembed import EmbeddedPostgres
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.pgembed import EmbeddedPostgres
+from picofleet.core.settings import Settings
 from tests.adversarial.probes import PacedStream, post_ingest_status, ready_status
 from tests.delivery.conftest import DEVICES, fact_counts, in_process_bridge
 from tests.faults import TcpProxy

@@ -16,10 +16,10 @@ import struct
 import asyncpg
 import pytest
 
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.mqttlite import _length, _str
-from picofleet.topics import Kind, Topics
 from tests.adversarial.raw import PUBACK, RawClient, publish_packet
 from tests.conftest import mosquitto_available, need, running_hub
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
-from picofleet.topics import Kind, Topics
+from picofleet.core.topics import Kind, Topics
 from tests.adversarial.raw import (
     PUBACK,
     PUBCOMP,
@@ -68,7 +68,7 @@ async def wait_ready(data: Path, n: int, proc: subprocess.Popen[bytes]) -> None:
 async def test_qos2_is_not_acknowledged_before_commit(
     tmp_path: Path, db_url: str, pool: asyncpg.Pool
 ) -> None:
-    from picofleet.credentials import FleetKeys
+    from picofleet.core.credentials import FleetKeys
 
     keys = FleetKeys(SECRET.encode())
     password = keys.device_password(DEV)

@@ -1,5 +1,5 @@
 """Issue 19, finding 5: a retained message is stored once, however often the bridge
-restarts and the broker replays it on the new subscription (see bridge/replay.py).
+restarts and the broker replays it on the new subscription (see picofleet/bridge/replay.py).
 
 A legacy device publishes one retained event; the bridge then restarts three times. After
 each restart a marker (not retained) proves the bridge is subscribed and draining, and the
@@ -19,10 +19,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from broker.embedded import EmbeddedBroker
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
-from picofleet.topics import Kind, Topics
+from picofleet.broker.embedded import EmbeddedBroker
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind, Topics
 from tests.conftest import running_hub
 from tests.helpers import Client, wait_for
 

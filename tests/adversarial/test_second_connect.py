@@ -16,9 +16,9 @@ import uuid
 import asyncpg
 import pytest
 
-from picofleet.credentials import HUB_USER, FleetKeys
-from picofleet.settings import Settings
-from picofleet.topics import Kind
+from picofleet.core.credentials import HUB_USER, FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind
 from tests.adversarial.raw import PUBACK, RawClient, connect_packet, publish_packet
 from tests.conftest import RunningHub, mosquitto_available, need, running_hub
 from tests.helpers import startup_body, wait_for

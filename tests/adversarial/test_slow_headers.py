@@ -9,8 +9,8 @@ import contextlib
 
 import httpx
 
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
 from tests.conftest import running_hub
 from tests.helpers import wait_for
 

@@ -14,12 +14,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bridge.decode import Decoder, Message
-from picofleet.credentials import FleetKeys
+from picofleet.bridge.decode import Decoder, Message
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.supervise import HubFailed
+from picofleet.core.topics import Kind, Topics
 from picofleet.hub import run_hub
-from picofleet.settings import Settings
-from picofleet.supervise import HubFailed
-from picofleet.topics import Kind, Topics
 from tests.adversarial.probes import metric, ready_status
 from tests.conftest import running_hub
 from tests.helpers import Client, wait_for

@@ -11,11 +11,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bridge.decode import Decoder, Limits, Message
-from bridge.ledger import Ledger, load_record_types
-from pi_server.analytics import AnalyticsSettings
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Kind, Topics
+from picofleet.analytics import AnalyticsSettings
+from picofleet.bridge.decode import Decoder, Limits, Message
+from picofleet.bridge.ledger import Ledger, load_record_types
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind, Topics
 
 MONTH = datetime(2026, 3, 1, tzinfo=UTC)
 STEP = timedelta(minutes=10)

@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bridge.mqtt import MqttSession
-from broker.embedded import EmbeddedBroker
-from pi_server.analytics import AlertChanges, AnalyticsSettings, Job, evaluate
-from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
-from picofleet.topics import Kind, Topics
+from picofleet.analytics import AlertChanges, AnalyticsSettings, Job, evaluate
+from picofleet.bridge.mqtt import MqttSession
+from picofleet.broker.embedded import EmbeddedBroker
+from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.core.topics import Kind, Topics
 from tests.analytics.conftest import MONTH, Feed
 from tests.helpers import Client, wait_for
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from pi_server.analytics import AnalyticsSettings, backfill, prune, refresh
+from picofleet.analytics import AnalyticsSettings, backfill, prune, refresh
 from tests.analytics.conftest import MONTH, Feed, generate
 from tests.analytics.test_rollup import snapshot
 

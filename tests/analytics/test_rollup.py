@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pi_server.analytics import AnalyticsSettings, backfill, refresh
+from picofleet.analytics import AnalyticsSettings, backfill, refresh
 from tests.analytics.conftest import FLEET, MONTH, Feed, Series, generate
 
 # The same aggregates straight from the facts, written without the rollup_series view.

@@ -16,11 +16,11 @@ import structlog
 import typer
 from typer.testing import CliRunner
 
-from pi_server.analytics import AnalyticsSettings, evaluate
-from pi_server.analytics.cli import parse_time, register
-from picofleet.cli import CommandError
-from picofleet.credentials import OPERATOR_USER
-from picofleet.topics import Kind
+from picofleet.analytics import AnalyticsSettings, evaluate
+from picofleet.analytics.cli import parse_time, register
+from picofleet.core.command import CommandError
+from picofleet.core.credentials import OPERATOR_USER
+from picofleet.core.topics import Kind
 from tests.analytics.conftest import MONTH, Feed
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for

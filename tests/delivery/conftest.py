@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.mqttlite import Publisher
-from picofleet.topics import Kind, Topics
 from tests.conftest import running_hub
 from tests.helpers import SECRET, wait_for
 

@@ -21,11 +21,11 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import mosquitto
-from broker.embedded import EmbeddedBroker
-from broker.policy import Policy
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.broker import mosquitto
+from picofleet.broker.embedded import EmbeddedBroker
+from picofleet.broker.policy import Policy
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
 from tests.conftest import mosquitto_available, need
 from tests.delivery.conftest import (
     DEVICES,
@@ -332,6 +332,6 @@ def test_kill9_embedded_hub_keeps_every_acked_message(hub_data: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             hub.kill()
-        from picofleet.pgembed import EmbeddedPostgres
+        from picofleet.core.pgembed import EmbeddedPostgres
 
         EmbeddedPostgres(data).stop()

@@ -14,11 +14,11 @@ from functools import partial
 
 import asyncpg
 
-from bridge.codes import Code
-from bridge.service import Ingest
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
-from picofleet.topics import Kind, Topics
+from picofleet.bridge.service import Ingest
+from picofleet.core.codes import Code
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind, Topics
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picofleet.pgembed import EmbeddedPostgres
+from picofleet.core.pgembed import EmbeddedPostgres
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

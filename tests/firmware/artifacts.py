@@ -22,10 +22,10 @@ from typing import Any, Self
 
 import asyncpg
 
-from pi_server.ota import meta
-from pi_server.ota.keys import Signer
-from pi_server.ota.manifest import manifest_text
-from picofleet.settings import Settings
+from picofleet.core.settings import Settings
+from picofleet.core.signing import Signer
+from picofleet.ota import meta
+from picofleet.ota.manifest import manifest_text
 from tests.helpers import free_port
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "pico_w"

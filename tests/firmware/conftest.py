@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from picofleet.firmware import firmware_dir
+from picofleet.core.firmware import firmware_dir
 from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,9 +20,9 @@ MPY_PKG = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pysc
 
 @pytest.fixture(autouse=True)
 def _status_query_fix(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # WORKAROUND (reported to the lead): bridge/ledger.py's Q_STATUS reads u.status where
+    # WORKAROUND (reported to the lead): picofleet/bridge/ledger.py's Q_STATUS reads u.status where
     # the LATERAL alias is s.status, so every batch holding a device status fails to commit.
-    from bridge import ledger
+    from picofleet.bridge import ledger
 
     if "u.status->>" in ledger.Q_STATUS:
         monkeypatch.setattr(ledger, "Q_STATUS", ledger.Q_STATUS.replace("u.status", "s.status"))

@@ -19,9 +19,9 @@ from typing import Any
 
 import asyncpg
 
-from pi_server.ota.keys import Signer
+from picofleet.core.signing import Signer
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.board import Board, device_config, firmware_dir, flash
-from picofleet.topics import Kind, Topics
 from tests.conftest import RunningHub
 from tests.firmware.artifacts import version_of
 from tests.firmware.board.kit import WIFI, until

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from picofleet.firmware import MARCH
+from picofleet.core.firmware import MARCH
 from tests.firmware.conftest import FIRMWARE
 
 FILES = sorted(FIRMWARE.glob("*.py"))

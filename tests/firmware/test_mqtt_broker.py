@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from broker.embedded import EmbeddedBroker
-from broker.policy import Policy
-from picofleet.credentials import HUB_USER, FleetKeys
+from picofleet.broker.embedded import EmbeddedBroker
+from picofleet.broker.policy import Policy
+from picofleet.core.credentials import HUB_USER, FleetKeys
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.board import Board, flash
-from picofleet.topics import Kind, Topics
 from tests.firmware.conftest import FIRMWARE
 from tests.helpers import Client, free_port
 

@@ -19,9 +19,9 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pi_server.ota.keys import Signer, init_keys
-from pi_server.ota.store import ArtifactStore
-from picofleet.settings import Settings
+from picofleet.core.artifacts import ArtifactStore
+from picofleet.core.settings import Settings
+from picofleet.core.signing import Signer, init_keys
 from picofleet.sim.board import HEAP_CEILING, Heap, available
 from tests.conftest import RunningHub, need
 from tests.firmware.artifacts import (

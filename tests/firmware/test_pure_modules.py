@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from picofleet.credentials import FleetKeys
+from picofleet.core.credentials import FleetKeys
 from tests.firmware import vectors
 from tests.firmware.conftest import FIRMWARE, run_mpy
 from tests.helpers import SECRET

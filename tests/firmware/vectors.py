@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from picofleet.credentials import FleetKeys
+from picofleet.core.credentials import FleetKeys
 
 SHA512_LENGTHS = (0, 1, 3, 55, 111, 112, 113, 127, 128, 129, 239, 240, 256, 1000)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Kind, Topics
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind, Topics
 
 LEGACY = ["3", "4", "5"]
 NEW = ["AI-00001", "AI-00002"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from picofleet.pgembed import EmbeddedPostgres
+from picofleet.core.pgembed import EmbeddedPostgres
 from tests.conftest import need
 from tests.helpers import CLI, free_port, new_hub_dir, run_cli
 

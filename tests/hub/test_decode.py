@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from bridge.codes import Code
-from bridge.decode import Decoder, Limits, RecordType, legacy_id
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Kind, Topics
+from picofleet.bridge.decode import Decoder, Limits, RecordType, legacy_id
+from picofleet.core.codes import Code
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind, Topics
 from tests.helpers import SECRET, startup_body
 
 TYPES = {

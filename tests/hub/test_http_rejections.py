@@ -10,7 +10,7 @@ import time
 import asyncpg
 import httpx
 
-from picofleet.topics import Kind
+from picofleet.core.topics import Kind
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
 

@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
-from picofleet.topics import Kind, Topics
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind, Topics
 from tests.conftest import RunningHub, running_hub
 from tests.helpers import Client, startup_body, wait_for
 from tests.hub import scenario

@@ -7,7 +7,7 @@ import json
 
 import asyncpg
 
-from picofleet.topics import Kind
+from picofleet.core.topics import Kind
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
 

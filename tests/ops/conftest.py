@@ -9,10 +9,11 @@ import asyncpg
 import httpx
 import pytest
 
-from bridge.service import Ingest
-from pi_server.app import HubContext, create_app
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.bridge.service import Ingest
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.hub import build_app
+from picofleet.web.app import HubContext
 from tests.faults import TcpProxy
 
 
@@ -27,7 +28,7 @@ async def hub_ctx(settings: Settings, pool: asyncpg.Pool, keys: FleetKeys) -> Hu
 
 @pytest.fixture
 async def api(hub_ctx: HubContext) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(hub_ctx))
+    transport = httpx.ASGITransport(app=build_app(hub_ctx))
     async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
         yield client
 

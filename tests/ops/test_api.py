@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from picofleet.credentials import FleetKeys
+from picofleet.core.credentials import FleetKeys
 
 T0 = 1_763_000_000  # 2025-11-13, a fixed clock for the readings
 

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from picofleet.credentials import FleetKeys
-from picofleet.pgembed import EmbeddedPostgres
-from picofleet.settings import Settings
-from picofleet.topics import Kind
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.pgembed import EmbeddedPostgres
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind
 from tests.conftest import RunningHub, running_hub
 from tests.faults import TcpProxy
 from tests.helpers import SECRET, Client, free_port
@@ -74,7 +74,7 @@ async def picofleet(*args: str, env: dict[str, str], cwd: Path, timeout: float =
 
 
 def signing_key(settings: Settings) -> None:
-    from pi_server.ota import keys as ota_keys
+    from picofleet.core import signing as ota_keys
 
     ota_keys.init_keys(settings.data_path)
 

@@ -38,10 +38,11 @@ from pydantic_settings import BaseSettings
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from pi_server.release.info import COMMIT_ENV
-from picofleet import cli, db
-from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
-from picofleet.settings import Settings
+from picofleet import cli
+from picofleet.core import db
+from picofleet.core.buildinfo import COMMIT_ENV
+from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.core.settings import Settings
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.helpers import SECRET, Client, check_schema, free_port, wait_for
 
@@ -201,9 +202,9 @@ def deploy_default(var: str) -> str:
 # -- what the code accepts -----------------------------------------------------------------------
 def settings_env_names() -> set[str]:
     """Every environment variable a settings class of the hub reads, plus the image's commit."""
-    from pi_server.analytics._settings import AnalyticsSettings
-    from pi_server.ota.config import OtaSettings
-    from pi_server.usb import UsbSettings
+    from picofleet.analytics._settings import AnalyticsSettings
+    from picofleet.ota.config import OtaSettings
+    from picofleet.usb import UsbSettings
 
     classes: list[type[BaseSettings]] = [Settings, UsbSettings, OtaSettings, AnalyticsSettings]
     names = {COMMIT_ENV}
@@ -622,7 +623,7 @@ def can_connect(port: int, user: str, password: str) -> bool:
 async def test_broker_config_writes_files_mosquitto_accepts(
     db_url: str, tmp_path: Path, keys: FleetKeys
 ) -> None:
-    from broker import mosquitto
+    from picofleet.broker import mosquitto
 
     need(mosquitto_available(), "mosquitto")
     await add_device(db_url, "AI-ABCDE1")

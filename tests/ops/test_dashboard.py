@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from picofleet.topics import Kind
+from picofleet.core.topics import Kind
 from tests.conftest import RunningHub, need
 from tests.helpers import Client, wait_for
 

@@ -18,7 +18,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
-from picofleet.topics import Kind
+from picofleet.core.topics import Kind
 from tests.conftest import SECRET, RunningHub
 from tests.helpers import CLI, Client, run_cli, wait_for
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from picofleet.endpoints import HUB_FILE, lan_address
+from picofleet.core.endpoints import HUB_FILE, lan_address
 from tests.helpers import CLI, free_port
 
 BANNER_END = "device credentials"
@@ -210,8 +210,8 @@ def test_no_hub_fails_and_creates_nothing(args: tuple[str, ...], tmp_path: Path)
 def test_flags_and_environment_override_the_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from picofleet.endpoints import apply
-    from picofleet.settings import Settings
+    from picofleet.core.endpoints import apply
+    from picofleet.core.settings import Settings
 
     recorded = {"mqtt_port": 18830, "http_port": 18080, "public_url": "http://pi:18080"}
     (tmp_path / HUB_FILE).write_text(json.dumps(recorded))

@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from picofleet.pgembed import (
+from picofleet.core.pgembed import (
     PG_SUBDIR,
     SHARED_ROOT,
     EmbeddedPostgres,

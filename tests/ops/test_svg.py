@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
-from pi_server.ops.svg import Box, line_chart, stacked_bar
+from picofleet.ops.svg import Box, line_chart, stacked_bar
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 

@@ -22,8 +22,8 @@ import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Kind, Topics
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind, Topics
 from tests.ota.fleet import semver
 
 DEVICE, CHANNEL = "device", "channel"

@@ -15,9 +15,9 @@ import asyncpg
 import httpx
 import pytest
 
-from pi_server.ota.keys import Signer, init_keys
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.signing import Signer, init_keys
 from tests.conftest import RunningHub, running_hub
 from tests.helpers import SECRET, wait_for
 from tests.ota.fleet import FakeDevice, Fleet

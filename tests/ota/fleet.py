@@ -26,8 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Kind, Topics
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind, Topics
 
 
 class Behaviour(StrEnum):

@@ -11,8 +11,8 @@ import asyncpg
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from pi_server.ota.keys import Signer
-from picofleet.topics import Kind
+from picofleet.core.signing import Signer
+from picofleet.core.topics import Kind
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
 from tests.ota.conftest import release, rollout, spawn, wait_state

@@ -6,7 +6,7 @@ import hashlib
 
 import httpx
 
-from pi_server.ota.keys import Signer
+from picofleet.core.signing import Signer
 from tests.conftest import RunningHub
 from tests.ota.conftest import app_source, release
 

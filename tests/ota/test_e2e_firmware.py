@@ -1,7 +1,7 @@
 """OTA end to end, executed by the real interpreter: MicroPython boards
 (``picofleet.sim.board``: the unmodified ``pico_w`` files, real sockets, a watchdog that
 resets, a flash directory) against the real hub. Releases and rollouts go through the
-operator surface (``picofleet ota ...``, the HTTP API, the pi_server.ota API); what counts
+operator surface (``picofleet ota ...``, the HTTP API, the picofleet.ota API); what counts
 is the hub's deploy log and device rows in PostgreSQL and the files in each board's flash."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import asyncpg
 import httpx
 import pytest
 
-from pi_server.ota import rollouts
-from pi_server.ota.keys import Signer
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.signing import Signer
+from picofleet.ota import rollouts
 from picofleet.sim.board import available
 from tests.conftest import RunningHub, need, running_hub
 from tests.firmware.artifacts import CutProxy, release_main
@@ -66,7 +66,7 @@ async def cli_rollout(settings: Settings, version: str, *args: str) -> int:
 async def api_rollout(
     pool: asyncpg.Pool, settings: Settings, signer: Signer, version: str, **kw: Any
 ) -> int:
-    """A rollout through the pi_server.ota API; ``settings`` decide the artifact URL the
+    """A rollout through the picofleet.ota API; ``settings`` decide the artifact URL the
     signed manifest carries (a proxy's port instead of the hub's)."""
     args: dict[str, Any] = {"waves": [100], "soak_s": 1, "timeout_s": 300, "min_devices": 1}
     args.update(kw)

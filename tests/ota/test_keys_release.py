@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from pi_server.ota.errors import NoSigningKey
-from pi_server.ota.keys import key_paths, load_signer
-from picofleet.settings import Settings
+from picofleet.core.errors import NoSigningKey
+from picofleet.core.settings import Settings
+from picofleet.core.signing import key_paths, load_signer
 from tests.ota.conftest import app_source, picofleet, picofleet_json
 
 

@@ -19,10 +19,10 @@ import asyncpg
 import httpx
 import pytest
 
-from pi_server.ota.keys import Signer
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
-from picofleet.topics import Kind
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.signing import Signer
+from picofleet.core.topics import Kind
 from tests.conftest import RunningHub, mosquitto_available, need, running_hub
 from tests.helpers import Client, startup_body, wait_for
 from tests.ota.board import Board

@@ -11,12 +11,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from pi_server.ota.keys import Signer
-from pi_server.ota.model import HALTED_CODE
-from pi_server.ota.rollouts import assign_waves
-from picofleet.credentials import OPERATOR_USER
-from picofleet.settings import Settings
-from picofleet.topics import Kind
+from picofleet.core.credentials import OPERATOR_USER
+from picofleet.core.settings import Settings
+from picofleet.core.signing import Signer
+from picofleet.core.topics import Kind
+from picofleet.ota.model import HALTED_CODE
+from picofleet.ota.rollouts import assign_waves
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
 from tests.ota.conftest import (

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import picofleet
-from pi_server.release.bundle import Built, build_bundle, source_files, stage
-from pi_server.release.signing import (
+from picofleet.release.bundle import Built, build_bundle, source_files, stage
+from picofleet.release.signing import (
     META_FILE,
     BundleMeta,
     bundle_name,

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pi_server.release.bundle import BundleFile, build_bundle, iso_utc, write_tarball
-from pi_server.release.info import firmware_version
-from pi_server.release.signing import (
+from picofleet.core.buildinfo import firmware_version
+from picofleet.release.bundle import BundleFile, build_bundle, iso_utc, write_tarball
+from picofleet.release.signing import (
     BundleMeta,
     BundleRefused,
     ReleaseError,
@@ -130,7 +130,7 @@ def test_meta_json_is_the_deploy_contract(bundles: Bundles) -> None:
 def test_wheel_carries_build_info_sql_and_firmware(bundles: Bundles, snapshot: Path) -> None:
     with zipfile.ZipFile(bundles.first.wheel) as whl:
         names = set(whl.namelist())
-        info = json.loads(whl.read("pi_server/release/build_info.json"))
+        info = json.loads(whl.read("picofleet/core/build_info.json"))
     assert info == {"version": VERSION, "commit": bundles.commit, "created_at": iso_utc(EPOCH)}
     for sub in ("sql", "pico_w", "pico_usb"):
         for rel in tree_files(snapshot, sub):
@@ -258,7 +258,7 @@ def test_verifier_commands_accept_then_refuse(bundles: Bundles, tmp_path: Path) 
 
 
 def test_openssl_accepts_the_same_signature(bundles: Bundles, tmp_path: Path) -> None:
-    """The OpenSSL check in pi_server/release/signing.py, for a Pi without picofleet yet."""
+    """The OpenSSL check in picofleet/release/signing.py, for a Pi without picofleet yet."""
     need(bool(shutil.which("openssl")), "openssl")
     meta = bundles.first.meta
     msg, sig = tmp_path / "msg", tmp_path / "sig"

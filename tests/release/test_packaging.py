@@ -11,11 +11,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import picofleet
-from pi_server.release import changelog
-from pi_server.release.bundle import CHANGELOG, LOCK_FILE, check_project_version, source_files
+from picofleet.release import changelog
+from picofleet.release.bundle import CHANGELOG, LOCK_FILE, check_project_version, source_files
 from tests.release.conftest import ROOT
 
-CODE_ROOTS = ("picofleet", "bridge", "broker", "pi_server")
+CODE_ROOTS = ("picofleet", "bridge", "broker", "picofleet.web")
 
 
 def pyproject() -> dict[str, Any]:

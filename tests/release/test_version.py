@@ -10,7 +10,7 @@ import sys
 import httpx
 
 import picofleet
-from pi_server.release.info import build_info, git_commit
+from picofleet.core.buildinfo import build_info, git_commit
 from tests.conftest import RunningHub
 from tests.release.conftest import ROOT, clean_env
 

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from picofleet.pgembed import EmbeddedPostgres
+from picofleet.core.pgembed import EmbeddedPostgres
 from tests.helpers import free_port
 from tests.release.conftest import VERSION, Bundles, clean_env
 from tests.release.test_bundle import tree_files

@@ -8,9 +8,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from bridge.codes import Code
-from bridge.decode import MIN_EPOCH, Decoder, Limits, Message, RecordType
-from picofleet.topics import Kind, Topics, valid_device_key
+from picofleet.bridge.decode import MIN_EPOCH, Decoder, Limits, Message, RecordType
+from picofleet.core.codes import Code
+from picofleet.core.topics import Kind, Topics, valid_device_key
 
 T = Topics("picofleet")
 DEV = "AI-FUZZ01"
@@ -177,7 +177,7 @@ payloads = st.one_of(structured, st.binary(max_size=512))
 
 
 def decoder(types: dict[str, RecordType], limits: Limits | None = None) -> Decoder:
-    from picofleet.credentials import FleetKeys
+    from picofleet.core.credentials import FleetKeys
     from tests.helpers import SECRET
 
     return Decoder(

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from broker.embedded import EmbeddedBroker, FleetBroker
-from broker.policy import Policy
-from broker.tap import Tap
-from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.broker.embedded import EmbeddedBroker, FleetBroker
+from picofleet.broker.policy import Policy
+from picofleet.broker.tap import Tap
+from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
 from tests.conftest import RunningHub
 from tests.helpers import Client, free_port, wait_for
 from tests.security.peers import Peer

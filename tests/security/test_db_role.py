@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from pi_server.security.roles import RUNTIME_ROLE, ensure_runtime_login, url_for_role
-from picofleet.credentials import FleetKeys
-from picofleet.topics import Kind
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind
+from picofleet.security.roles import RUNTIME_ROLE, ensure_runtime_login, url_for_role
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
 

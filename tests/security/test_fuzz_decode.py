@@ -20,14 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bridge.codes import Code
-from bridge.decode import Limits, Message, RecordType, parse_json
-from bridge.ledger import Ledger, load_record_types
-from bridge.service import limits_from
-from broker.policy import Policy
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
-from picofleet.topics import INBOUND_KINDS, Kind, Topics, valid_device_key
+from picofleet.bridge.decode import Limits, Message, RecordType, parse_json
+from picofleet.bridge.ledger import Ledger, load_record_types
+from picofleet.bridge.service import limits_from
+from picofleet.broker.policy import Policy
+from picofleet.core.codes import Code
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import INBOUND_KINDS, Kind, Topics, valid_device_key
 from tests.helpers import SECRET
 from tests.security import hostile
 from tests.security.hostile import DEV, NOW, TOPICS, T, check_invariants, decoder, payloads

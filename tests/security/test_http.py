@@ -1,7 +1,7 @@
 """The HTTP surface: operator token everywhere it matters, no secrets out, bounded bodies,
 closed CORS, artifact names that cannot leave the store.
 
-Routes are enumerated from the real app (``create_app`` with every area's router), so a new
+Routes are enumerated from the real app (``build_app`` with every area's router), so a new
 mutating endpoint without the token fails here the day it lands.
 """
 
@@ -24,12 +24,13 @@ import pytest
 from fastapi import FastAPI, Request
 from starlette.routing import Mount
 
-from bridge.service import Ingest
-from pi_server.app import HubContext, create_app
-from pi_server.security.limits import BodySizeLimit, body_limit
-from pi_server.security.redact import redact_payload
-from picofleet.credentials import HUB_USER, OPERATOR_USER, FleetKeys
-from picofleet.settings import Settings
+from picofleet.bridge.service import Ingest
+from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.hub import build_app
+from picofleet.security.limits import BodySizeLimit, body_limit
+from picofleet.security.redact import redact_payload
+from picofleet.web.app import HubContext
 from tests.conftest import RunningHub, need
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ KEY = "AI-HTTP001"
 async def app(settings: Settings, pool: asyncpg.Pool, keys: FleetKeys) -> FastAPI:
     ingest = Ingest(settings=settings, pool=pool, keys=keys)
     await ingest.refresh_record_types(force=True)
-    return create_app(HubContext(settings=settings, pool=pool, ingest=ingest, keys=keys))
+    return build_app(HubContext(settings=settings, pool=pool, ingest=ingest, keys=keys))
 
 
 @pytest.fixture
@@ -142,15 +143,15 @@ def _source(rel: str) -> ast.Module:
 
 def test_token_and_password_checks_are_constant_time() -> None:
     """Code inspection: every credential check ends in hmac.compare_digest."""
-    creds = _source("picofleet/credentials.py")
+    creds = _source("picofleet/core/credentials.py")
     equal = next(f for f in ast.walk(creds) if isinstance(f, ast.FunctionDef) and f.name == "equal")
     assert "hmac.compare_digest" in ast.unparse(equal)
     for name in ("check_password", "check_legacy_token", "check_startup_token"):
         fn = next(f for f in ast.walk(creds) if isinstance(f, ast.FunctionDef) and f.name == name)
         assert "equal(" in ast.unparse(fn), name
-    auth = ast.unparse(_source("pi_server/auth.py"))
+    auth = ast.unparse(_source("picofleet/web/auth.py"))
     assert re.search(r"\bequal\(creds\.credentials,", auth)
-    decode = ast.unparse(_source("bridge/decode.py"))
+    decode = ast.unparse(_source("picofleet/bridge/decode.py"))
     assert "check_legacy_token(" in decode and "check_startup_token(" in decode
 
 
@@ -175,14 +176,14 @@ def _plain_comparisons(path: Path) -> list[str]:
 
 def test_no_plain_equality_on_secrets_anywhere() -> None:
     offenders = []
-    for pkg in ("picofleet", "bridge", "broker", "pi_server"):
+    for pkg in ("picofleet", "bridge", "broker", "picofleet.web"):
         for path in sorted((ROOT / pkg).rglob("*.py")):
             offenders += _plain_comparisons(path)
     assert offenders == []
 
 
 # -- nothing secret goes out ---------------------------------------------------------------
-# pi_server/ota/routes.py serves GET and HEAD from one api_route: FastAPI warns about the
+# picofleet/ota/routes.py serves GET and HEAD from one api_route: FastAPI warns about the
 # duplicate operation id whenever the schema is built (reported; not a security matter).
 
 
@@ -362,8 +363,8 @@ TRAVERSALS = [
 
 
 async def test_artifact_paths_cannot_escape_the_store(hub: RunningHub) -> None:
-    need(importlib.util.find_spec("pi_server.ota.routes") is not None, "pi_server.ota routes")
-    from pi_server.ota.store import ArtifactStore
+    need(importlib.util.find_spec("picofleet.ota.routes") is not None, "picofleet.ota routes")
+    from picofleet.core.artifacts import ArtifactStore
 
     store = ArtifactStore.for_settings(hub.settings)
     secret_file = hub.settings.data_path / "fleet.secret"

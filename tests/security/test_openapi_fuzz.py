@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from pi_server.ota.keys import init_keys
+from picofleet.core.signing import init_keys
 from tests.conftest import RunningHub
 
 EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 10}
@@ -94,7 +94,7 @@ async def test_openapi_operations_survive_generated_input(hub: RunningHub) -> No
 async def test_event_stream_inputs(hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
     """The SSE stream's resume point, from the query or Last-Event-ID: hostile values are
     refused up front or ignored; none breaks the stream after it has started."""
-    from pi_server.ops import routes as ops_routes
+    from picofleet.ops import routes as ops_routes
 
     monkeypatch.setattr(ops_routes, "HEARTBEAT_S", 0.05)  # a ping proves the stream lives on
     cases: list[tuple[dict[str, str], dict[str, bytes], int]] = [

@@ -21,14 +21,8 @@ import asyncpg
 import httpx
 import pytest
 
-from pi_server.security.rotation import (
-    RotationError,
-    end_grace,
-    mark_renewed,
-    rotate_fleet_secret,
-)
-from picofleet import hub as hub_module
-from picofleet.credentials import (
+from picofleet.broker import access
+from picofleet.core.credentials import (
     HUB_USER,
     OPERATOR_USER,
     PREVIOUS_SECRET_FILE,
@@ -38,8 +32,14 @@ from picofleet.credentials import (
     load_fleet_keys,
     load_fleet_secret,
 )
-from picofleet.settings import Settings
-from picofleet.topics import Kind, Topics
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind, Topics
+from picofleet.security.rotation import (
+    RotationError,
+    end_grace,
+    mark_renewed,
+    rotate_fleet_secret,
+)
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.helpers import Client, new_hub_dir, run_cli, startup_body, wait_for
 
@@ -208,7 +208,7 @@ async def test_grace_on_a_managed_mosquitto(
     """Mosquitto keeps one password per user: during the grace each device is listed with
     the password it holds (the old one until it is renewed or if it is new)."""
     need(mosquitto_available(), "mosquitto")
-    monkeypatch.setattr(hub_module, "POLICY_SYNC_S", 0.1)
+    monkeypatch.setattr(access, "POLICY_SYNC_S", 0.1)
     s = own_secret.model_copy(update={"broker": "mosquitto"})
     a, b, c = "AI-MOSQ0A", "AI-MOSQ0B", "AI-MOSQ0C"
     await pool.execute("INSERT INTO device (device_key) VALUES ($1), ($2)", a, c)

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from pi_server.security.roles import RUNTIME_ROLE
-from picofleet.credentials import HUB_USER, OPERATOR_USER, SECRET_FILE, FleetKeys
-from picofleet.pgembed import PASSWORD_FILE
-from picofleet.topics import Kind, Topics
+from picofleet.core.credentials import HUB_USER, OPERATOR_USER, SECRET_FILE, FleetKeys
+from picofleet.core.pgembed import PASSWORD_FILE
+from picofleet.core.topics import Kind, Topics
+from picofleet.security.roles import RUNTIME_ROLE
 from tests.helpers import CLI, Client, free_port, new_hub_dir, run_cli, startup_body
 
 DEV, INTRUDER = "AI-LOGS001", "AI-LOGS002"

@@ -15,9 +15,9 @@ import asyncpg
 import httpx
 import pytest
 
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
-from picofleet.topics import Kind
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind
 from tests.conftest import RunningHub
 from tests.helpers import startup_body, wait_for
 from tests.security.peers import Peer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pi_server.usb._board import commit_code, identify_code, parse_identify, prepare_code
+from picofleet.usb._board import commit_code, identify_code, parse_identify, prepare_code
 from tests.usb.conftest import FIRMWARE, firmware_sources, micropython
 
 UID = "E6614103E7452D2F"
@@ -208,9 +208,9 @@ def test_board_snippets_in_real_micropython() -> None:
 
 
 def test_firmware_reads_the_config_json_flashing_writes(tmp_path: Path) -> None:
-    from pi_server.usb._config import OptionsFile, build_config
-    from picofleet.credentials import FleetKeys
-    from picofleet.settings import Settings
+    from picofleet.core.credentials import FleetKeys
+    from picofleet.core.devconfig import OptionsFile, build_config
+    from picofleet.core.settings import Settings
 
     cfg = build_config(
         key=UID,

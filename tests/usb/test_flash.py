@@ -14,11 +14,11 @@ from typing import Any
 
 import asyncpg
 
-from pi_server.ota.keys import init_keys
-from pi_server.ota.release import create_release
-from pi_server.usb._bundle import load_app
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.signing import init_keys
+from picofleet.ota.release import create_release
+from picofleet.usb._bundle import load_app
 from tests.helpers import SECRET
 from tests.usb.conftest import picofleet
 from tests.usb.fake_pico import FakePico

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pi_server.usb._settings import UsbSettings
+from picofleet.usb._settings import UsbSettings
 from tests.conftest import RunningHub
 from tests.helpers import SECRET, wait_for
 from tests.usb.conftest import PICOFLEET, StubSensors, load_firmware

@@ -11,21 +11,21 @@ from pathlib import Path
 
 import pytest
 
-import pi_server.usb as usb
-from pi_server.ota.keys import init_keys
-from pi_server.usb._config import (
+import picofleet.usb as usb
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.devconfig import (
     ConfigError,
     OptionsFile,
     build_config,
     load_options_file,
     ota_public_key,
 )
-from pi_server.usb._discovery import Mode, bootsel_boards, parse_connect_list
-from pi_server.usb._lines import LineKind, LineSplitter, parse_line
-from pi_server.usb._settings import UsbSettings
-from pi_server.usb._uf2 import RP2040_FAMILY, Uf2Error, check_uf2
-from picofleet.credentials import FleetKeys
-from picofleet.settings import Settings
+from picofleet.core.settings import Settings
+from picofleet.core.signing import init_keys
+from picofleet.usb._discovery import Mode, bootsel_boards, parse_connect_list
+from picofleet.usb._lines import LineKind, LineSplitter, parse_line
+from picofleet.usb._settings import UsbSettings
+from picofleet.usb._uf2 import RP2040_FAMILY, Uf2Error, check_uf2
 from tests.helpers import SECRET
 
 KEY = "E6614103E7452D2F"
@@ -334,7 +334,7 @@ def test_uf2_command_copies_to_every_drive_and_waits_for_reboots(tmp_path: Path)
 
 
 def test_publisher_bounds_its_queue_while_the_broker_is_away() -> None:
-    from pi_server.usb._publisher import DevicePublisher
+    from picofleet.usb._publisher import DevicePublisher
     from tests.helpers import free_port
 
     pub = DevicePublisher(host="127.0.0.1", port=free_port(), key=KEY, password="x", queue_max=3)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from picofleet.credentials import FleetKeys
-from picofleet.firmware import firmware_dir as _firmware_dir
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.firmware import firmware_dir as _firmware_dir
 
 HERE = Path(__file__).resolve().parent
 HOST = HERE / "host.mjs"
@@ -36,7 +36,7 @@ class BoardError(RuntimeError):
 
 def firmware_dir() -> Path:
     """The ``pico_w`` sources a board gets: $PICOFLEET_BOARD_FIRMWARE (e.g. an older release,
-    to see a test fail on it), else picofleet.firmware's."""
+    to see a test fail on it), else picofleet.core.firmware's."""
     env = os.environ.get("PICOFLEET_BOARD_FIRMWARE")
     return Path(env) if env else _firmware_dir("pico_w")
 
@@ -71,8 +71,8 @@ def device_config(
     channel: str = "stable",
     ota_key: tuple[str, str] | None = None,
 ) -> bytes:
-    """config.json as ``picofleet usb flash`` writes it (pi_server.usb DeviceConfig)."""
-    from pi_server.usb._config import Calibration, DeviceConfig, Pump
+    """config.json as ``picofleet usb flash`` writes it (picofleet.usb DeviceConfig)."""
+    from picofleet.core.devconfig import Calibration, DeviceConfig, Pump
 
     cfg = DeviceConfig(
         device_key=key,

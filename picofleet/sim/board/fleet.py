@@ -9,8 +9,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from picofleet import logs
-from picofleet.credentials import FleetKeys
+from picofleet.core import logs
+from picofleet.core.credentials import FleetKeys
 from picofleet.sim.board import Board, device_config, flash
 
 

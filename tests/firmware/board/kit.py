@@ -12,9 +12,9 @@ from typing import Any
 
 import asyncpg
 
-from picofleet.credentials import OPERATOR_USER
+from picofleet.core.credentials import OPERATOR_USER
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.board import Board, device_config, flash
-from picofleet.topics import Kind, Topics
 from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from picofleet.settings import Settings
+from picofleet.core.settings import Settings
 from picofleet.sim.board import HEAP_CEILING, Board
 from tests.conftest import RunningHub, running_hub
 from tests.firmware.board.kit import (

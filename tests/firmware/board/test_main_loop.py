@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from picofleet.settings import Settings
+from picofleet.core.settings import Settings
 from picofleet.sim.board import Board
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.firmware.board.kit import (

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import asyncpg
 
-from picofleet.settings import Settings
+from picofleet.core.settings import Settings
+from picofleet.core.topics import Kind, Topics
 from picofleet.sim.board import Board
-from picofleet.topics import Kind, Topics
 from tests.conftest import running_hub
 from tests.firmware.board.kit import provision, provisioned, readings_past, seqs, until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from picofleet.settings import Settings
+from picofleet.core.settings import Settings
 from picofleet.sim.board.fleet import run_board_fleet
 from tests.conftest import running_hub
 from tests.firmware.board.kit import provisioned, seqs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import asyncpg
 
-from picofleet.settings import Settings
+from picofleet.core.settings import Settings
 from picofleet.sim.board import Board
 from tests.conftest import running_hub
 from tests.firmware.board.kit import provision, provisioned, until

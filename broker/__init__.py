@@ -1,5 +1,0 @@
-"""MQTT broker side: the access policy, the embedded amqtt broker and the managed Mosquitto."""
-
-from broker.policy import Policy, Role
-
-__all__ = ["Policy", "Role"]

@@ -1,1 +1,0 @@
-"""ops area of the hub (see picofleet/extensions.py for how it plugs in)."""

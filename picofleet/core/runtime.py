@@ -1,0 +1,42 @@
+"""Runtime helpers every long-running or one-shot command shares."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+
+from picofleet.core import endpoints
+from picofleet.core.settings import Settings
+
+
+def embedded_url(settings: Settings, *, create: bool = False) -> str:
+    """URL of the hub's database for one-shot commands (the embedded cluster is started if
+    needed, and created only with ``create``: never a second hub by accident)."""
+    return endpoints.database_url(settings, create=create)
+
+
+@contextlib.asynccontextmanager
+async def hub_database(settings: Settings) -> AsyncIterator[str]:
+    """The database URL for a running hub: the configured server, or the embedded cluster
+    for the duration."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from picofleet.core.pgembed import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(settings.data_path, port=settings.pg_port)
+    url = await asyncio.to_thread(pg.start)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(pg.stop)
+
+
+def install_signals(stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM set ``stop``: every long-running command drains the same way."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,408 @@
+"""The dashboard's HTML: server-rendered pages and fragments, with inline CSS and JS.
+
+Everything is in this module so the hub serves the dashboard with no static files and no
+CDN (the Pi's LAN may have no internet). Every value from the database goes through
+``escape``; the script inserts live data with ``textContent`` only, or swaps in fragments
+rendered here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from picofleet.ops import svg
+from picofleet.ops.queries import METRIC_VIEWS
+
+CSS = """
+:root{--fg:#1d2430;--muted:#667085;--bg:#f6f7f9;--card:#fff;--line:#e3e6ea;--accent:#2563eb;
+--ok:#15803d;--bad:#b42318;--warn:#b54708;color-scheme:light dark}
+@media (prefers-color-scheme:dark){:root{--fg:#e6e8eb;--muted:#98a2b3;--bg:#111418;
+--card:#1a1f26;--line:#2b323c;--accent:#60a5fa;--ok:#4ade80;--bad:#f87171;--warn:#fbbf24}}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+color:var(--fg);background:var(--bg)}
+header{display:flex;flex-wrap:wrap;gap:.5rem 1.2rem;align-items:center;padding:.6rem 1rem;
+background:var(--card);border-bottom:1px solid var(--line);position:sticky;top:0;z-index:1}
+header h1{font-size:1.05rem;margin:0}header a{color:var(--accent);text-decoration:none}
+.counters{display:flex;flex-wrap:wrap;gap:.3rem 1rem;color:var(--muted)}
+.counters b{color:var(--fg)}
+#live{font-size:.8rem;color:var(--muted)}body[data-live=on] #live{color:var(--ok)}
+main{padding:.8rem;max-width:1200px;margin:0 auto}
+section{background:var(--card);border:1px solid var(--line);border-radius:8px;
+padding:.6rem .8rem;margin:0 0 .8rem}
+h2{font-size:1rem;margin:.1rem 0 .5rem}h3{font-size:.9rem;margin:.5rem 0 .3rem}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid var(--line);
+white-space:nowrap;vertical-align:top}
+th{color:var(--muted);font-weight:600;font-size:.8rem}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.wrap{white-space:normal;min-width:12rem}
+code,pre{font:12px/1.35 ui-monospace,SFMono-Regular,Menlo,monospace}
+pre.payload{margin:0;max-width:28rem;max-height:6rem;overflow:auto;white-space:pre-wrap;
+word-break:break-all;background:var(--bg);padding:.2rem .35rem;border-radius:4px}
+.pill{display:inline-block;padding:0 .45rem;border-radius:999px;font-size:.75rem;
+border:1px solid currentColor}
+.online{color:var(--ok)}.offline{color:var(--muted)}.blocked{color:var(--bad)}
+.code{color:var(--bad);font-weight:600}.muted{color:var(--muted)}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:.6rem}
+svg.chart{width:100%;height:auto;color:var(--accent)}
+svg.chart .series{stroke:currentColor;stroke-width:1.6}
+svg.chart .dot{fill:currentColor}
+svg.chart .grid{stroke:var(--line);stroke-width:1}
+svg.chart text{fill:var(--muted);font-size:11px}
+svg.chart .title{fill:var(--fg);font-size:12px;font-weight:600}
+svg.chart .last{fill:var(--accent)}
+svg.bar .track{fill:var(--line)}svg.bar rect{fill:var(--muted)}
+svg.bar .seg-booted_ok{fill:var(--ok)}
+svg.bar .seg-failed,svg.bar .seg-rolled_back,svg.bar .seg-timed_out{fill:var(--bad)}
+svg.bar .seg-downloading,svg.bar .seg-verified,svg.bar .seg-applied,
+svg.bar .seg-received{fill:var(--warn)}
+.metrics{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:.6rem}
+dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:.15rem .8rem;margin:0}
+dl.kv dt{color:var(--muted)}dl.kv dd{margin:0}
+"""
+
+# Live updates: EventSource on /api/events. Errors and deploy events are added as rows built
+# with textContent; fleet rows and charts are re-fetched as server-rendered fragments.
+JS = """
+(() => {
+  const body = document.body, scope = body.dataset.device || null;
+  const $ = (s) => document.querySelector(s);
+  const ago = (iso) => {
+    const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+    if (!isFinite(s)) return '';
+    if (s < 60) return Math.max(s, 0) + ' s ago';
+    if (s < 3600) return Math.round(s / 60) + ' min ago';
+    if (s < 86400) return Math.round(s / 3600) + ' h ago';
+    return Math.round(s / 86400) + ' d ago';
+  };
+  const tick = () => document.querySelectorAll('time.ago').forEach((t) => {
+    t.title = t.getAttribute('datetime'); t.textContent = ago(t.getAttribute('datetime'));
+  });
+  const td = (text, cls) => {
+    const c = document.createElement('td');
+    if (cls) c.className = cls;
+    c.textContent = text == null ? '' : String(text);
+    return c;
+  };
+  const time = (iso) => {
+    const c = document.createElement('td'), t = document.createElement('time');
+    t.className = 'ago'; t.setAttribute('datetime', iso); t.textContent = ago(iso); t.title = iso;
+    c.appendChild(t); return c;
+  };
+  const prepend = (sel, tr, max) => {
+    const tb = $(sel); if (!tb) return;
+    const empty = tb.querySelector('tr.empty'); if (empty) empty.remove();
+    tb.insertBefore(tr, tb.firstChild);
+    while (tb.rows.length > max) tb.deleteRow(tb.rows.length - 1);
+  };
+  const refresh = {};
+  const reload = (sel, url) => {
+    if (refresh[sel]) return;
+    refresh[sel] = setTimeout(async () => {
+      delete refresh[sel];
+      const el = $(sel); if (!el) return;
+      const r = await fetch(url, {cache: 'no-store'});
+      if (r.ok) { el.innerHTML = await r.text(); tick(); }
+    }, 400);
+  };
+  const es = new EventSource('/api/events?after=' + (body.dataset.after || 0));
+  es.onopen = () => { body.dataset.live = 'on'; $('#live').textContent = 'live'; };
+  es.onerror = () => { body.dataset.live = 'off'; $('#live').textContent = 'reconnecting'; };
+  es.addEventListener('ingest_error', (m) => {
+    const e = JSON.parse(m.data);
+    if ((scope && e.device_key !== scope) || document.getElementById('err-' + e.id)) return;
+    const tr = document.createElement('tr'); tr.id = 'err-' + e.id;
+    tr.append(time(e.created_at), td(e.code, 'code'), td(e.device_key), td(e.topic),
+              td(e.detail, 'wrap'));
+    const c = document.createElement('td'), pre = document.createElement('pre');
+    pre.className = 'payload'; pre.textContent = e.payload; c.appendChild(pre); tr.append(c);
+    prepend('#errors tbody', tr, 50);
+  });
+  es.addEventListener('deploy', (m) => {
+    const d = JSON.parse(m.data);
+    if (scope && d.device_key !== scope) return;
+    const tr = document.createElement('tr');
+    tr.append(time(d.created_at), td(d.device_key), td(d.version), td(d.state),
+              td(d.reason), td(d.source));
+    prepend('#deploys tbody', tr, 50);
+  });
+  es.addEventListener('device', (m) => {
+    const d = JSON.parse(m.data);
+    if (scope) {
+      if (d.device_key === scope) {
+        reload('#charts', '/devices/' + encodeURIComponent(scope) + '/fragments/charts');
+      }
+    } else {
+      reload('#fleet tbody', '/fragments/fleet');
+    }
+  });
+  es.addEventListener('counters', (m) => {
+    const c = JSON.parse(m.data);
+    for (const k in c) {
+      const el = document.querySelector('[data-counter="' + k + '"]');
+      if (el) el.textContent = c[k];
+    }
+  });
+  tick(); setInterval(tick, 5000);
+})();
+"""
+
+
+def _iso(v: datetime | None) -> str:
+    return v.isoformat() if v is not None else ""
+
+
+def _time(v: datetime | None, *, relative: bool = False) -> str:
+    if v is None:
+        return '<span class="muted">never</span>'
+    cls = ' class="ago"' if relative else ""
+    return f'<time{cls} datetime="{escape(_iso(v))}">{v:%Y-%m-%d %H:%M:%S}</time>'
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return escape(str(v))
+
+
+def _dev_link(key: str | None) -> str:
+    if not key:
+        return '<span class="muted">-</span>'
+    return f'<a href="/devices/{quote(key)}">{escape(key)}</a>'
+
+
+def _table(
+    table_id: str, headers: Sequence[str], rows: Iterable[str], empty: str, cols: int
+) -> str:
+    body = (
+        "".join(rows) or f'<tr class="empty"><td colspan="{cols}" class="muted">{empty}</td></tr>'
+    )
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    return (
+        f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
+def layout(
+    title: str, content: str, counters: dict[str, int], *, after: int, device: str | None = None
+) -> str:
+    """The page frame. ``after``: newest ingest error id when rendered, where live starts."""
+    scope = f' data-device="{escape(device)}"' if device else ""
+    scope += f' data-after="{int(after)}"'
+    ctr = "".join(
+        f'<span>{label} <b data-counter="{k}">{counters.get(k, 0)}</b></span>'
+        for k, label in (
+            ("online", "online"),
+            ("devices", "devices"),
+            ("messages", "messages"),
+            ("errors_24h", "errors 24h"),
+        )
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f'<body data-live="off"{scope}><header><h1><a href="/">picofleet</a></h1>'
+        f'<div class="counters">{ctr}</div><span id="live">connecting</span>'
+        '<a href="/docs">API</a><a href="/metrics">metrics</a></header>'
+        f"<main>{content}</main><script>{JS}</script></body></html>"
+    )
+
+
+# -- fleet -------------------------------------------------------------------------------------
+def fleet_rows(devices: Sequence[dict[str, Any]]) -> str:
+    out = []
+    for d in devices:
+        if d["blocked"]:
+            state = '<span class="pill blocked">blocked</span>'
+        elif d["online"]:
+            state = '<span class="pill online">online</span>'
+        else:
+            state = '<span class="pill offline">offline</span>'
+        reading = ""
+        if d.get("moisture_pct") is not None:
+            reading = f"moisture {_num(d['moisture_pct'])} %"
+        if d.get("battery_pct") is not None:
+            reading += (" · " if reading else "") + f"battery {_num(d['battery_pct'])} %"
+        out.append(
+            f'<tr id="dev-{escape(d["device_key"])}" data-key="{escape(d["device_key"])}">'
+            f"<td>{_dev_link(d['device_key'])}</td><td>{escape(d['device_type'] or '')}</td>"
+            f"<td>{state}</td><td>{_time(d['last_seen'], relative=True)}</td>"
+            f"<td>{escape(d['firmware'] or '')}</td><td>{escape(d['channel'])}</td>"
+            f"<td>{reading}</td></tr>"
+        )
+    return (
+        "".join(out) or '<tr class="empty"><td colspan="7" class="muted">no devices yet</td></tr>'
+    )
+
+
+def fleet_table(devices: Sequence[dict[str, Any]]) -> str:
+    headers = ("device", "type", "state", "last seen", "firmware", "channel", "latest")
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    return (
+        f'<div class="scroll"><table id="fleet"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{fleet_rows(devices)}</tbody></table></div>"
+    )
+
+
+# -- errors and deploy log -----------------------------------------------------------------------
+def error_table(errors: Sequence[dict[str, Any]]) -> str:
+    rows = (
+        f'<tr id="err-{e["id"]}"><td>{_time(e["created_at"], relative=True)}</td>'
+        f'<td class="code">{escape(e["code"])}</td><td>{_dev_link(e["device_key"])}</td>'
+        f"<td>{escape(e['topic'])}</td><td class=wrap>{escape(e['detail'])}</td>"
+        f'<td><pre class="payload">{escape(e["payload"])}</pre></td></tr>'
+        for e in errors
+    )
+    headers = ("when", "code", "device", "topic", "detail", "raw payload")
+    return _table("errors", headers, rows, "no ingest errors", 6)
+
+
+def deploy_table(events: Sequence[dict[str, Any]]) -> str:
+    rows = (
+        f"<tr><td>{_time(d['created_at'], relative=True)}</td><td>{_dev_link(d['device_key'])}</td>"
+        f"<td>{escape(d['version'] or '')}</td><td>{escape(d['state'])}</td>"
+        f"<td>{escape(d['reason'] or '')}</td><td>{escape(d['source'])}</td></tr>"
+        for d in events
+    )
+    headers = ("when", "device", "version", "state", "reason", "source")
+    return _table("deploys", headers, rows, "no deployments yet", 6)
+
+
+# -- metric views ------------------------------------------------------------------------------
+def metric_table(name: str, rows: Sequence[dict[str, Any]]) -> str:
+    title = METRIC_VIEWS[name][1]
+    cols = [c for c in (rows[0].keys() if rows else ()) if c != "device_id"]
+    body = (
+        "<tr>"
+        + "".join(
+            f"<td>{_dev_link(r[c])}</td>"
+            if c == "device_key"
+            else f'<td class="num">{_num(r[c])}</td>'
+            if not isinstance(r[c], datetime)
+            else f"<td>{_time(r[c])}</td>"
+            for c in cols
+        )
+        + "</tr>"
+        for r in rows
+    )
+    table = _table(f"metric-{name}", cols, body, "no data", max(len(cols), 1))
+    return f'<div id="m-{name}"><h3>{escape(title)}</h3>{table}</div>'
+
+
+# -- OTA -----------------------------------------------------------------------------------
+_ROLLOUT_FIELDS = ("version", "device_type", "kind", "channel", "state", "reason", "created_at")
+
+
+def rollout_block(r: dict[str, Any]) -> str:
+    ro = r["rollout"]
+    rid = ro.get("id", ro.get("rollout_id", ""))
+    facts = "".join(
+        f"<dt>{escape(k.replace('_', ' '))}</dt><dd>{escape(str(ro[k]))}</dd>"
+        for k in _ROLLOUT_FIELDS
+        if ro.get(k) is not None
+    )
+    waves = "".join(
+        f"<tr><td>{escape(w['wave'])}</td>"
+        f"<td>{svg.stacked_bar(sorted(w['states'].items()))}</td>"
+        f"<td class=wrap>{escape(', '.join(f'{s} {n}' for s, n in sorted(w['states'].items())))}"
+        f'</td><td class="num">{w["total"]}</td></tr>'
+        for w in r["waves"]
+    )
+    wave_table = _table(
+        f"waves-{escape(str(rid))}",
+        ("wave", "progress", "states", "devices"),
+        [waves] if waves else [],
+        "no devices targeted yet",
+        4,
+    )
+    return (
+        f'<div class="rollout"><h3>rollout {escape(str(rid))}</h3>'
+        f'<dl class="kv">{facts}</dl>{wave_table}</div>'
+    )
+
+
+# -- pages -----------------------------------------------------------------------------------
+def dashboard(
+    *,
+    devices: Sequence[dict[str, Any]],
+    metrics: dict[str, list[dict[str, Any]]],
+    errors: Sequence[dict[str, Any]],
+    rollouts: Sequence[dict[str, Any]],
+    deploys: Sequence[dict[str, Any]],
+    counters: dict[str, int],
+    ota_enabled: bool,
+    after: int,
+) -> str:
+    metric_html = "".join(metric_table(name, rows) for name, rows in metrics.items())
+    ota = ""
+    if ota_enabled:
+        blocks = "".join(rollout_block(r) for r in rollouts)
+        ota = f'<section id="rollouts"><h2>OTA rollouts</h2>{blocks or "none yet"}</section>'
+    content = (
+        f"<section><h2>Fleet</h2>{fleet_table(devices)}</section>"
+        f'<section><h2>Ingest errors</h2><div id="errors-wrap">{error_table(errors)}</div>'
+        "</section>"
+        f"{ota}"
+        f"<section><h2>Deploy log</h2>{deploy_table(deploys)}</section>"
+        f'<section><h2>Metrics</h2><div class="metrics">{metric_html}</div></section>'
+    )
+    return layout("picofleet", content, counters, after=after)
+
+
+def charts(series: Sequence[dict[str, Any]]) -> str:
+    if not series:
+        return '<p class="muted">no readings yet</p>'
+    return "".join(
+        svg.line_chart(s["points"], title=s["type"], unit=s["unit"], step=s["unit"] == "bool")
+        for s in series
+    )
+
+
+def device_page(
+    dev: dict[str, Any],
+    *,
+    errors: Sequence[dict[str, Any]],
+    deploys: Sequence[dict[str, Any]],
+    counters: dict[str, int],
+    after: int,
+) -> str:
+    key = dev["device_key"]
+    facts = {
+        "type": dev["device_type"] or "",
+        "state": ("blocked" if dev["blocked"] else "online" if dev["online"] else "offline"),
+        "firmware": dev["firmware"] or "",
+        "channel": dev["channel"],
+        "serial": dev["serial"] or "",
+        "id": dev["id"],
+    }
+    kv = "".join(f"<dt>{k}</dt><dd>{escape(str(v))}</dd>" for k, v in facts.items())
+    kv += (
+        f"<dt>last seen</dt><dd>{_time(dev['last_seen'], relative=True)}</dd>"
+        f"<dt>first seen</dt><dd>{_time(dev['first_seen'])}</dd>"
+        f"<dt>provisioned</dt><dd>{_time(dev['provisioned_at'])}</dd>"
+    )
+    status = ""
+    if dev.get("status"):
+        status = (
+            "<h3>last status</h3>"
+            f'<pre class="payload">{escape(json.dumps(dev["status"], indent=1))}</pre>'
+        )
+    content = (
+        f'<section><h2>{escape(key)}</h2><dl class="kv">{kv}</dl>{status}</section>'
+        f'<section><h2>Recent readings</h2><div id="charts" class="charts">'
+        f"{charts(dev['series'])}</div></section>"
+        f"<section><h2>Ingest errors</h2>{error_table(errors)}</section>"
+        f"<section><h2>Deploy log</h2>{deploy_table(deploys)}</section>"
+    )
+    return layout(f"{key} · picofleet", content, counters, after=after, device=key)

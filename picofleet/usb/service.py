@@ -1,0 +1,34 @@
+"""The USB gateway as a background loop of the hub (``picofleet up``), when switched on.
+
+Off by default: set ``PICOFLEET_USB_GATEWAY=1`` (environment or .env) on the Pi whose USB
+ports the Picos hang off. ``picofleet usb gateway`` runs the same loop on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from picofleet.core.topics import Topics
+from picofleet.usb._gateway import UsbGateway, broker_endpoint
+from picofleet.usb._hold import hold_dir
+from picofleet.usb._settings import UsbSettings
+from picofleet.web.app import HubContext
+
+
+async def attach(hub: HubContext, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+    usb = UsbSettings()
+    if not usb.usb_gateway:
+        return []
+    host, port = broker_endpoint(hub.settings)
+    gateway = UsbGateway(
+        host=host,
+        port=port,
+        keys=hub.keys,
+        topics=Topics(hub.settings.topic_prefix),
+        usb=usb,
+        hold_dir=hold_dir(hub.settings),
+    )
+    hub.extra["usb_gateway"] = gateway
+    return [gateway.run(stop)]
