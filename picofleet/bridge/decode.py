@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from picofleet.core.codes import Code
@@ -40,7 +40,7 @@ class Limits:
     legacy_token_enabled: bool = True
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Fact:
     idx: int
     device_key: str
@@ -48,19 +48,19 @@ class Fact:
     time: float
     value: float
     seq: int | None
-    # No device time: ``time`` is the receive time until the ledger gives it the time of
-    # the first copy of the same bytes (see ``Message.digest``).
+    # No device time: ``time`` is the receive time; the ledger stores the time of the first
+    # copy of the same bytes instead (see ``Message.digest``, ``Stored.times``).
     untimed: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Rejection:
     idx: int
     code: Code
     detail: str
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Startup:
     serial: str
     firmware: str | None
@@ -69,9 +69,12 @@ class Startup:
     nonce: str | None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One raw record and what became of it."""
+    """One inbound message as decoded: what it says and what is wrong with it. Immutable:
+    what the ledger learns while storing it (ids, its own refusals) is a ``Stored`` beside
+    it (picofleet/bridge/ledger.py), so the same message can be written again after an
+    outage."""
 
     topic: str
     source: str
@@ -81,8 +84,8 @@ class Message:
     kind: Kind | None = None
     device_key: str | None = None
     body: str | None = None  # canonical JSON text for the jsonb column
-    facts: list[Fact] = field(default_factory=list)
-    errors: list[Rejection] = field(default_factory=list)
+    facts: tuple[Fact, ...] = ()
+    errors: tuple[Rejection, ...] = ()
     startup: Startup | None = None
     status: dict[str, Any] | None = None
     # Who sent it, when the transport says so (the MQTT login on the embedded broker, HTTP
@@ -91,18 +94,59 @@ class Message:
     # sha256 of topic and exact payload, set when a fact has no device time: the identity of
     # a message that carries neither time nor seq.
     digest: bytes | None = None
-    # Filled in by the writer:
-    raw_id: int = 0
-    processed_ids: list[int] = field(default_factory=list)
+
+    def refused(self, code: Code, detail: str) -> Message:
+        """The same raw record with nothing else kept: no body, facts, startup or status;
+        one coded error."""
+        return replace(
+            self,
+            body=None,
+            facts=(),
+            errors=(Rejection(0, code, detail),),
+            startup=None,
+            status=None,
+        )
+
+
+@dataclass(slots=True)
+class _Draft:
+    """The decoder's working copy of a Message."""
+
+    topic: str
+    source: str
+    received_at: float
+    payload: bytes
+    payload_size: int
+    sender: str | None
+    kind: Kind | None = None
+    device_key: str | None = None
+    body: str | None = None
+    facts: list[Fact] = field(default_factory=list)
+    errors: list[Rejection] = field(default_factory=list)
+    startup: Startup | None = None
+    status: dict[str, Any] | None = None
+    digest: bytes | None = None
 
     def reject(self, code: Code, detail: str, idx: int = 0) -> None:
         self.errors.append(Rejection(idx, code, detail))
 
-    def refuse(self, code: Code, detail: str) -> None:
-        """Keep only the raw record: no facts, startup or status; one coded error."""
-        self.facts, self.startup, self.status = [], None, None
-        self.errors.clear()
-        self.reject(code, detail)
+    def done(self) -> Message:
+        return Message(
+            topic=self.topic,
+            source=self.source,
+            received_at=self.received_at,
+            payload=self.payload,
+            payload_size=self.payload_size,
+            kind=self.kind,
+            device_key=self.device_key,
+            body=self.body,
+            facts=tuple(self.facts),
+            errors=tuple(self.errors),
+            startup=self.startup,
+            status=self.status,
+            sender=self.sender,
+            digest=self.digest,
+        )
 
 
 def _reject_constant(name: str) -> None:
@@ -181,7 +225,7 @@ class Decoder:
         sender: str | None = None,
     ) -> Message:
         size = len(payload)
-        msg = Message(
+        msg = _Draft(
             topic=topic,
             source=source,
             received_at=received_at,
@@ -194,7 +238,7 @@ class Decoder:
         except Exception as exc:
             msg.facts.clear()
             msg.reject(Code.VALIDATION_ERROR, f"internal decoder error: {type(exc).__name__}")
-        return msg
+        return msg.done()
 
     def decode_value(
         self,
@@ -215,7 +259,7 @@ class Decoder:
         return self.decode(topic, raw, received_at=received_at, source=source, sender=sender)
 
     # -- internals ---------------------------------------------------------------------------
-    def _decode(self, msg: Message, payload: bytes) -> None:
+    def _decode(self, msg: _Draft, payload: bytes) -> None:
         parsed = self.topics.parse(msg.topic)
         if parsed is None:
             msg.reject(Code.UNKNOWN_TOPIC, f"topic {msg.topic!r} is not part of the contract")
@@ -252,7 +296,7 @@ class Decoder:
         else:
             msg.reject(Code.UNKNOWN_TOPIC, f"{parsed.kind.value} is not an inbound topic")
 
-    def _telemetry(self, msg: Message, body: Any) -> None:
+    def _telemetry(self, msg: _Draft, body: Any) -> None:
         if (
             msg.kind is Kind.INGEST
             and isinstance(body, dict)
@@ -277,7 +321,7 @@ class Decoder:
             msg.device_key = msg.facts[0].device_key
 
     @staticmethod
-    def _drop_repeats(msg: Message) -> None:
+    def _drop_repeats(msg: _Draft) -> None:
         """Equal items (device, type, time, value) in one message without a seq are one fact:
         the later ones are coded, not silently lost to the event key."""
         first: dict[tuple[str, int, float, float], int] = {}
@@ -293,7 +337,7 @@ class Decoder:
                 msg.reject(Code.DUPLICATE_ITEM, f"same reading as item {at}", f.idx)
         msg.facts = kept
 
-    def _legacy_only(self, msg: Message, key: str, idx: int) -> bool:
+    def _legacy_only(self, msg: _Draft, key: str, idx: int) -> bool:
         """The shared ingest topic and POST /ingest carry legacy numeric devices only: a
         firmware (serial) device is written only on its own topic."""
         if msg.kind is not Kind.INGEST or key.isdigit():
@@ -305,7 +349,7 @@ class Decoder:
         )
         return False
 
-    def _timestamp(self, value: Any, msg: Message, idx: int) -> float | None:
+    def _timestamp(self, value: Any, msg: _Draft, idx: int) -> float | None:
         if value is None:
             return msg.received_at
         if not _is_number(value):
@@ -318,7 +362,7 @@ class Decoder:
             return None
         return float(value)
 
-    def _check_value(self, msg: Message, name: Any, value: Any, idx: int) -> RecordType | None:
+    def _check_value(self, msg: _Draft, name: Any, value: Any, idx: int) -> RecordType | None:
         if not isinstance(name, str) or not name:
             msg.reject(Code.VALIDATION_ERROR, "event_type must be a non-empty string", idx)
             return None
@@ -344,7 +388,7 @@ class Decoder:
             return None
         return rt
 
-    def _flat_event(self, msg: Message, item: Any, idx: int) -> None:
+    def _flat_event(self, msg: _Draft, item: Any, idx: int) -> None:
         if not isinstance(item, dict):
             msg.reject(Code.VALIDATION_ERROR, "event must be a JSON object", idx)
             return
@@ -381,7 +425,7 @@ class Decoder:
         untimed = item.get("timestamp") is None
         msg.facts.append(Fact(idx, key, rt.id, ts, float(item["value"]), None, untimed))
 
-    def _envelope(self, msg: Message, body: dict[str, Any]) -> None:
+    def _envelope(self, msg: _Draft, body: dict[str, Any]) -> None:
         if msg.device_key is None:
             dev = body.get("device")
             if not isinstance(dev, str) or not valid_device_key(dev):
@@ -428,7 +472,7 @@ class Decoder:
             value = float(r["value"])
             msg.facts.append(Fact(idx, msg.device_key, rt.id, rts, value, seq, untimed))
 
-    def _startup(self, msg: Message, body: Any) -> None:
+    def _startup(self, msg: _Draft, body: Any) -> None:
         if not isinstance(body, dict):
             msg.reject(Code.VALIDATION_ERROR, "startup must be a JSON object")
             return

@@ -10,18 +10,44 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 from asyncpg.transaction import Transaction
 
-from picofleet.bridge.decode import Fact, Message, RecordType, Rejection, legacy_id
+from picofleet.bridge.decode import Fact, Message, RecordType, Rejection, Startup, legacy_id
 from picofleet.core.codes import NOTE_CODES, UNAUTHORIZED_CODES, Code
 from picofleet.core.credentials import HUB_USER
 from picofleet.core.topics import Kind
 
-ExtraWriter = Callable[[asyncpg.Connection, Sequence[Message]], Awaitable[None]]
+
+@dataclass(slots=True)
+class Stored:
+    """What the ledger made of one decoded message, beside it (the message is immutable).
+
+    ``facts`` and ``startup`` start as decoded and lose what the ledger refuses (a blocked
+    device, a replayed nonce, a sender without a grant, a seq conflict); ``errors`` are the
+    decoder's plus the ledger's own."""
+
+    msg: Message
+    raw_id: int = 0
+    facts: list[Fact] = field(default_factory=list)
+    startup: Startup | None = None
+    errors: list[Rejection] = field(default_factory=list)
+    # Facts without a device time: the receive time of the first copy, by item index.
+    times: dict[int, float] = field(default_factory=dict)
+    processed_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, msg: Message) -> Stored:
+        return cls(msg, facts=list(msg.facts), startup=msg.startup, errors=list(msg.errors))
+
+    def reject(self, code: Code, detail: str, idx: int = 0) -> None:
+        self.errors.append(Rejection(idx, code, detail))
+
+
+ExtraWriter = Callable[[asyncpg.Connection, Sequence[Stored]], Awaitable[None]]
 
 Q_RAW_IDS = "SELECT array_agg(nextval('raw_record_id_seq')) FROM generate_series(1, $1)"
 Q_RECORD_TYPES = "SELECT id, name, min_value, max_value FROM record_type"
@@ -150,19 +176,19 @@ def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def first_error(msg: Message) -> Rejection | None:
-    """The error that makes ``msg`` rejected (notes such as duplicate_item do not)."""
-    return next((e for e in msg.errors if e.code not in NOTE_CODES), None)
+def first_error(w: Stored) -> Rejection | None:
+    """The error that makes the message rejected (notes such as duplicate_item do not)."""
+    return next((e for e in w.errors if e.code not in NOTE_CODES), None)
 
 
-def outcome(msg: Message) -> str:
+def status_of(w: Stored) -> str:
     """The status POST /ingest reports for one message."""
-    error = first_error(msg)
+    error = first_error(w)
     if error is not None:
         return "unauthorized" if error.code in UNAUTHORIZED_CODES else "invalid"
-    if msg.startup is not None:
+    if w.startup is not None:
         return "provisioned"
-    if msg.facts and not msg.processed_ids:
+    if w.facts and not w.processed_ids:
         return "duplicate"
     return "ok"
 
@@ -191,29 +217,31 @@ class Ledger:
         self._scratch_ready: set[int] = set()  # server pids whose session has facts_in
         self._pruned_at = 0.0
 
-    async def write(self, batch: Sequence[Message]) -> None:
-        """One transaction for the batch. On failure the first error propagates unmasked,
-        and a connection that may be in any state but a clean rollback is terminated, never
-        handed back to the pool."""
+    async def write(self, batch: Sequence[Message]) -> list[Stored]:
+        """One transaction for the batch; what became of each message, in order. On failure
+        the first error propagates unmasked, and a connection that may be in any state but a
+        clean rollback is terminated, never handed back to the pool."""
         if not batch:
-            return
+            return []
         async with self.pool.acquire() as conn:
             pid = conn.get_server_pid()  # before anything can detach the proxy
             tx = conn.transaction()
             try:
                 await tx.start()
-                await self.write_in(conn, batch)
+                stored = await self.write_in(conn, batch)
                 await tx.commit()
             except BaseException as exc:
                 # A rollback also undoes a scratch table created in this transaction.
                 self._scratch_ready.discard(pid)
                 await _abandon(conn, tx, exc)
                 raise
+        return stored
 
-    async def write_in(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
-        ids = await conn.fetchval(Q_RAW_IDS, len(batch))
-        for msg, rid in zip(batch, ids, strict=True):
-            msg.raw_id = rid
+    async def write_in(self, conn: asyncpg.Connection, msgs: Sequence[Message]) -> list[Stored]:
+        ids = await conn.fetchval(Q_RAW_IDS, len(msgs))
+        batch = [Stored.of(m) for m in msgs]
+        for w, rid in zip(batch, ids, strict=True):
+            w.raw_id = rid
         await self._use_nonces(conn, batch)
         await self._authorize(conn, batch)
         await self._untimed(conn, batch)
@@ -223,16 +251,16 @@ class Ledger:
             columns=RAW_COLUMNS,
             records=[
                 (
-                    m.raw_id,
-                    _ts(m.received_at),
-                    m.source,
-                    m.topic,
-                    m.device_key,
-                    m.payload,
-                    m.payload_size,
-                    m.body,
+                    w.raw_id,
+                    _ts(w.msg.received_at),
+                    w.msg.source,
+                    w.msg.topic,
+                    w.msg.device_key,
+                    w.msg.payload,
+                    w.msg.payload_size,
+                    w.msg.body,
                 )
-                for m in batch
+                for w in batch
             ],
         )
         await self._insert_facts(conn, batch, device_ids)
@@ -249,9 +277,10 @@ class Ledger:
                 [e.code.value for _, e in errs],
                 [e.detail for _, e in errs],
             )
+        return batch
 
-    async def _use_nonces(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
-        claims = [m for m in batch if m.startup is not None and m.startup.nonce is not None]
+    async def _use_nonces(self, conn: asyncpg.Connection, batch: Sequence[Stored]) -> None:
+        claims = [w for w in batch if w.startup is not None and w.startup.nonce is not None]
         if not claims:
             return
         rows = await conn.fetch(
@@ -284,8 +313,13 @@ class Ledger:
             return None
         return f"sender {sender!r} may not speak for device {key!r} (no ingest_grant)"
 
-    async def _authorize(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
-        claims = {(m.sender, f.device_key) for m in batch if m.kind is Kind.INGEST for f in m.facts}
+    async def _authorize(self, conn: asyncpg.Connection, batch: Sequence[Stored]) -> None:
+        claims = {
+            (w.msg.sender, f.device_key)
+            for w in batch
+            if w.msg.kind is Kind.INGEST
+            for f in w.facts
+        }
         if not claims:
             return
         order = sorted(claims, key=lambda c: (c[0] or "", c[1]))
@@ -299,27 +333,28 @@ class Ledger:
         if not denied:
             return
         for m in batch:
-            if m.kind is not Kind.INGEST:
+            if m.msg.kind is not Kind.INGEST:
                 continue
             kept: list[Fact] = []
             for f in m.facts:
-                why = denied.get((m.sender, f.device_key))
+                why = denied.get((m.msg.sender, f.device_key))
                 if why is None:
                     kept.append(f)
                 else:
                     m.reject(Code.SENDER_NOT_AUTHORIZED, why, f.idx)
             m.facts = kept
 
-    async def _untimed(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
+    async def _untimed(self, conn: asyncpg.Connection, batch: Sequence[Stored]) -> None:
         """Give the facts without a device time the receive time of the first copy of their
         message, so a redelivered copy is the same fact."""
         window = self.rules.untimed_window_s
-        first: dict[bytes, Message] = {}
+        first: dict[bytes, Stored] = {}
         for m in batch:
-            if m.digest is not None and any(f.untimed for f in m.facts):
-                seen = first.get(m.digest)
-                if seen is None or m.received_at < seen.received_at:
-                    first[m.digest] = m
+            digest = m.msg.digest
+            if digest is not None and any(f.untimed for f in m.facts):
+                seen = first.get(digest)
+                if seen is None or m.msg.received_at < seen.msg.received_at:
+                    first[digest] = m
         if time.monotonic() - self._pruned_at > window:
             await conn.execute(Q_PRUNE_UNTIMED, float(window))
             self._pruned_at = time.monotonic()
@@ -329,29 +364,29 @@ class Ledger:
         rows = await conn.fetch(
             Q_UNTIMED,
             order,
-            [_ts(first[d].received_at) for d in order],
+            [_ts(first[d].msg.received_at) for d in order],
             [first[d].raw_id for d in order],
             float(window),
         )
         at = {bytes(r["digest"]): r["first_at"].timestamp() for r in rows}
         for m in batch:
-            if m.digest is not None:
+            if m.msg.digest is not None:
                 for f in m.facts:
                     if f.untimed:
-                        f.time = at[m.digest]
+                        m.times[f.idx] = at[m.msg.digest]
 
     async def _upsert_devices(
-        self, conn: asyncpg.Connection, batch: Sequence[Message]
+        self, conn: asyncpg.Connection, batch: Sequence[Stored]
     ) -> dict[str, int]:
         seen: dict[str, float] = {}
         for m in batch:
             keys = {f.device_key for f in m.facts}
             if m.startup is not None:
                 keys.add(m.startup.serial)
-            if m.status is not None and m.kind is Kind.STATUS and m.device_key:
-                keys.add(m.device_key)
+            if m.msg.status is not None and m.msg.kind is Kind.STATUS and m.msg.device_key:
+                keys.add(m.msg.device_key)
             for k in keys:
-                seen[k] = max(seen.get(k, 0.0), m.received_at)
+                seen[k] = max(seen.get(k, 0.0), m.msg.received_at)
         if not seen:
             return {}
         order = sorted(seen)  # a fixed order keeps concurrent replicas from deadlocking
@@ -370,7 +405,7 @@ class Ledger:
         return {r["device_key"]: r["id"] for r in rows}
 
     async def _insert_facts(
-        self, conn: asyncpg.Connection, batch: Sequence[Message], device_ids: dict[str, int]
+        self, conn: asyncpg.Connection, batch: Sequence[Stored], device_ids: dict[str, int]
     ) -> None:
         rows_in = [
             (
@@ -378,7 +413,7 @@ class Ledger:
                 f.idx,
                 device_ids[f.device_key],
                 f.type_id,
-                f.time,
+                m.times.get(f.idx, f.time),
                 f.value,
                 f.seq,
                 f.untimed,
@@ -406,7 +441,7 @@ class Ledger:
         ):
             await self._seq_conflicts(conn, batch)
 
-    async def _seq_conflicts(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
+    async def _seq_conflicts(self, conn: asyncpg.Connection, batch: Sequence[Stored]) -> None:
         """A refused seq'd fact is a harmless copy when equal to the stored one; otherwise a
         coded conflict (raw kept, the first reading stands), never a silent drop."""
         conflicts = {(r["raw_id"], r["item_idx"]): r for r in await conn.fetch(Q_SEQ_CONFLICTS)}
@@ -428,7 +463,7 @@ class Ledger:
                 )
             m.facts = kept
 
-    async def _provision(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
+    async def _provision(self, conn: asyncpg.Connection, batch: Sequence[Stored]) -> None:
         ok = [m.startup for m in batch if m.startup is not None]
         if ok:
             await conn.execute(
@@ -439,7 +474,11 @@ class Ledger:
                 [_ts(s.issued_at) for s in ok],
             )
 
-    async def _status(self, conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
-        st = [m for m in batch if m.kind is Kind.STATUS and m.status is not None and m.device_key]
+    async def _status(self, conn: asyncpg.Connection, batch: Sequence[Stored]) -> None:
+        st = [
+            w.msg
+            for w in batch
+            if w.msg.kind is Kind.STATUS and w.msg.status is not None and w.msg.device_key
+        ]
         if st:
             await conn.execute(Q_STATUS, [m.device_key for m in st], [m.body for m in st])

@@ -21,13 +21,12 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 
 import asyncpg
 
 from picofleet.bridge.decode import Decoder, Limits, Message
-from picofleet.bridge.ledger import Ledger, Rules, load_record_types
+from picofleet.bridge.ledger import Ledger, Rules, Stored, load_record_types
 from picofleet.bridge.metrics import IngestMetrics
 from picofleet.bridge.replay import split_replays
 from picofleet.core import logs
@@ -41,8 +40,6 @@ _RECORD_TYPE_REFRESH_S = 30.0
 # SQLSTATE classes of an unavailable database (connection, rollback, resources, operator
 # intervention, system, internal): retry the batch. Any other class is about the data.
 _TRANSIENT_SQLSTATE = frozenset({"08", "40", "53", "57", "58", "XX"})
-
-Build = Callable[[], Message]
 
 
 def is_transient(exc: asyncpg.PostgresError) -> bool:
@@ -112,54 +109,48 @@ class Ingest:
             self.decoder.record_types = await load_record_types(self.pool)
             self._types_loaded_at = time.monotonic()
 
-    async def commit(self, batch: Sequence[Message]) -> None:
+    async def commit(self, batch: Sequence[Message]) -> list[Stored]:
         """Write one batch in one transaction and account for it; raises on DB failure."""
         t0 = time.perf_counter()
-        await self.ledger.write(batch)
+        stored = await self.ledger.write(batch)
         self.db_ok = True
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - t0)
         m.batch_size.observe(len(batch))
         m.batches += 1
-        for msg in batch:
-            m.committed_by[msg.source] += 1
-            m.facts += len(msg.processed_ids)
-            if msg.facts and not msg.processed_ids:
+        for w in stored:
+            m.committed_by[w.msg.source] += 1
+            m.facts += len(w.processed_ids)
+            if w.facts and not w.processed_ids:
                 m.duplicates += 1
-            for e in msg.errors:
+            for e in w.errors:
                 m.rejected[e.code.value] += 1
+        return stored
 
-    async def store(self, builds: Sequence[Build]) -> list[Message]:
-        """Decode and commit as one batch; returns the committed messages.
+    async def store(self, batch: Sequence[Message]) -> list[Stored]:
+        """Commit as one batch; what became of each message, in order.
 
-        Messages are decoded afresh for every attempt because the ledger annotates them
-        (raw ids, replayed nonces, blocked devices). A transient database error propagates
-        for the caller to retry; a refusal of the data itself isolates the culprit.
+        A transient database error propagates for the caller to retry with the same
+        messages; a refusal of the data itself isolates the culprit, which is kept as its
+        raw record with ``store_refused``.
         """
-        batch = [build() for build in builds]
         try:
-            await self.commit(batch)
-            return batch
+            return await self.commit(batch)
         except Exception as exc:
             if is_outage(exc):
                 raise
             self._log.error(
                 "ingest.batch_refused", reason=_why(exc), error=str(exc)[:200], n=len(batch)
             )
-        out = []
-        for build in builds:
-            msg = build()
+        out: list[Stored] = []
+        for msg in batch:
             try:
-                await self.commit([msg])
+                out += await self.commit([msg])
             except Exception as exc:
                 if is_outage(exc):
                     raise
-                msg = build()
-                msg.body, msg.facts, msg.startup, msg.status = None, [], None, None
-                msg.errors.clear()
-                msg.reject(Code.STORE_REFUSED, f"database refused the data ({_why(exc)})")
-                await self.commit([msg])
-            out.append(msg)
+                why = f"database refused the data ({_why(exc)})"
+                out += await self.commit([msg.refused(Code.STORE_REFUSED, why)])
         return out
 
 
@@ -180,10 +171,10 @@ class Bridge:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _builds(self, items: Sequence[Inbound]) -> list[Build]:
+    def _decode(self, items: Sequence[Inbound]) -> list[Message]:
         dec = self.ingest.decoder
         return [
-            partial(dec.decode, i.topic, i.payload, received_at=i.received_at, sender=i.sender)
+            dec.decode(i.topic, i.payload, received_at=i.received_at, sender=i.sender)
             for i in items
         ]
 
@@ -219,7 +210,8 @@ class Bridge:
             try:
                 await self.ingest.refresh_record_types(force=attempt > 0)
                 fresh, replays = await split_replays(self.ingest.pool, self.ingest.topics, items)
-                batch = await self.ingest.store(self._builds(fresh)) if fresh else []
+                # Decoded on each attempt: the retry reads the record types again.
+                batch = await self.ingest.store(self._decode(fresh)) if fresh else []
                 break
             except Exception as exc:
                 if not is_outage(exc):
@@ -245,20 +237,20 @@ class Bridge:
         self._publish_rejections(batch)
         self._log.debug("bridge.batch", size=len(items), acked=acked)
 
-    def _publish_rejections(self, batch: Sequence[Message]) -> None:
+    def _publish_rejections(self, batch: Sequence[Stored]) -> None:
         publish_rejections(self.session, self.ingest.topics, batch)
 
 
-def publish_rejections(session: Source, topics: Topics, batch: Sequence[Message]) -> None:
+def publish_rejections(session: Source, topics: Topics, batch: Sequence[Stored]) -> None:
     """Every rejection of committed messages on ``{prefix}/ingest/errors`` (QoS 0), whatever
     carried them (the bridge's batches, POST /ingest)."""
-    for msg in batch:
-        for e in msg.errors:
+    for w in batch:
+        for e in w.errors:
             body = {
-                "raw_id": msg.raw_id,
-                "topic": msg.topic,
-                "source": msg.source,
-                "device": msg.device_key,
+                "raw_id": w.raw_id,
+                "topic": w.msg.topic,
+                "source": w.msg.source,
+                "device": w.msg.device_key,
                 "item": e.idx,
                 "code": e.code.value,
                 "detail": e.detail,

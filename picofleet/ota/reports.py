@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from picofleet.bridge.decode import Message
+from picofleet.bridge.ledger import Stored
 from picofleet.core.codes import Code
 from picofleet.core.topics import Kind
 from picofleet.ota.model import REASONS, REPORTED_STATES, UNKNOWN_REASON
@@ -134,14 +134,15 @@ def parse_report(device_key: str, body: dict[str, Any], raw_id: int) -> Report |
     return Report(device_key, raw_id, state, seq, version, reason, rollout_id, detail)
 
 
-async def write_reports(conn: asyncpg.Connection, batch: Sequence[Message]) -> None:
+async def write_reports(conn: asyncpg.Connection, batch: Sequence[Stored]) -> None:
     reports: list[Report] = []
-    for m in batch:
-        if m.kind is not Kind.OTA_STATUS or m.status is None or not m.device_key or m.errors:
+    for w in batch:
+        m = w.msg
+        if m.kind is not Kind.OTA_STATUS or m.status is None or not m.device_key or w.errors:
             continue
-        parsed = parse_report(m.device_key, m.status, m.raw_id)
+        parsed = parse_report(m.device_key, m.status, w.raw_id)
         if isinstance(parsed, str):
-            m.reject(Code.VALIDATION_ERROR, f"ota status: {parsed}")
+            w.reject(Code.VALIDATION_ERROR, f"ota status: {parsed}")
         else:
             reports.append(parsed)
     if not reports:

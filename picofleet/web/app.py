@@ -7,7 +7,6 @@ import binascii
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import asyncpg
@@ -17,8 +16,8 @@ from pydantic import BaseModel
 
 import picofleet
 from picofleet.bridge.decode import Message, parse_json
-from picofleet.bridge.ledger import first_error, outcome
-from picofleet.bridge.service import Bridge, Build, Ingest, is_outage, publish_rejections
+from picofleet.bridge.ledger import Stored, first_error, status_of
+from picofleet.bridge.service import Bridge, Ingest, is_outage, publish_rejections
 from picofleet.core.buildinfo import build_info
 from picofleet.core.codes import Code
 from picofleet.core.credentials import HUB_USER, FleetKeys
@@ -49,12 +48,12 @@ class IngestResult(BaseModel):
     detail: str | None = None
 
 
-def ingest_result(msg: Message) -> dict[str, Any]:
-    error = first_error(msg)
+def ingest_result(w: Stored) -> dict[str, Any]:
+    error = first_error(w)
     return IngestResult(
-        raw_id=msg.raw_id,
-        processed_id=msg.processed_ids[0] if msg.processed_ids else None,
-        status=outcome(msg),
+        raw_id=w.raw_id,
+        processed_id=w.processed_ids[0] if w.processed_ids else None,
+        status=status_of(w),
         code=None if error is None else error.code.value,
         detail=None if error is None else error.detail,
     ).model_dump()
@@ -73,12 +72,6 @@ def ingest_sender(authorization: str | None, keys: FleetKeys) -> tuple[str | Non
     if not (valid_device_key(user) or user == HUB_USER):
         return None, False
     return user, keys.check_password(user, password)
-
-
-def _refused(build: Build) -> Message:
-    msg = build()
-    msg.refuse(Code.SENDER_NOT_AUTHORIZED, "the sender's credentials do not match")
-    return msg
 
 
 def create_app(hub: HubContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
@@ -130,24 +123,21 @@ def create_app(hub: HubContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
                 body = None
         dec = ing.decoder
         sender, trusted = ingest_sender(request.headers.get("authorization"), hub.keys)
-        builds: list[Build]
+        await ing.refresh_record_types()
+        msgs: list[Message]
         if isinstance(body, list) and 0 < len(body) <= hub.settings.max_items_per_message:
-            builds = [
-                partial(
-                    dec.decode_value, topic, item, received_at=now, source="http", sender=sender
-                )
+            msgs = [
+                dec.decode_value(topic, item, received_at=now, source="http", sender=sender)
                 for item in body
             ]
         else:
-            builds = [
-                partial(dec.decode, topic, raw, received_at=now, source="http", sender=sender)
-            ]
+            msgs = [dec.decode(topic, raw, received_at=now, source="http", sender=sender)]
         if not trusted:
-            builds = [partial(_refused, b) for b in builds]
-        ing.metrics.received_by["http"] += len(builds)
+            why = "the sender's credentials do not match"
+            msgs = [m.refused(Code.SENDER_NOT_AUTHORIZED, why) for m in msgs]
+        ing.metrics.received_by["http"] += len(msgs)
         try:
-            await ing.refresh_record_types()  # the builds decode with these, in store()
-            msgs = await ing.store(builds)
+            stored = await ing.store(msgs)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -157,8 +147,8 @@ def create_app(hub: HubContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
                 {"detail": "database unavailable"}, status_code=503, headers={"Retry-After": "5"}
             )
         if hub.bridge is not None:  # the hub's own MQTT session (none in an http-only role)
-            publish_rejections(hub.bridge.session, ing.topics, msgs)
-        return JSONResponse([ingest_result(m) for m in msgs])
+            publish_rejections(hub.bridge.session, ing.topics, stored)
+        return JSONResponse([ingest_result(w) for w in stored])
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from picofleet.analytics import AnalyticsSettings
-from picofleet.bridge.decode import Decoder, Limits, Message
-from picofleet.bridge.ledger import Ledger, load_record_types
+from picofleet.bridge.decode import Decoder, Limits
+from picofleet.bridge.ledger import Ledger, Stored, load_record_types
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.topics import Kind, Topics
 
@@ -119,12 +119,12 @@ class Feed:
         self.ledger = Ledger(pool)
         self.topics = decoder.topics
 
-    async def send(self, topic: str, body: Any, *, received_at: datetime) -> Message:
+    async def send(self, topic: str, body: Any, *, received_at: datetime) -> Stored:
         msg = self.decoder.decode(
             topic, json.dumps(body).encode(), received_at=received_at.timestamp()
         )
-        await self.ledger.write([msg])
-        return msg
+        (stored,) = await self.ledger.write([msg])
+        return stored
 
     async def readings(
         self,
@@ -134,7 +134,7 @@ class Feed:
         *,
         received_at: datetime | None = None,
         seq: int | None = None,
-    ) -> Message:
+    ) -> Stored:
         body: dict[str, Any] = {
             "v": 1,
             "ts": at.timestamp(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from functools import partial
 
 import asyncpg
 
@@ -48,7 +47,7 @@ async def test_refused_message_is_kept_raw_and_the_rest_commit(
     payloads.append(_event(5, 51.0, 1_763_000_002))
 
     dec = ingest.decoder
-    msgs = await ingest.store([partial(dec.decode, topic, p, received_at=now) for p in payloads])
+    msgs = await ingest.store([dec.decode(topic, p, received_at=now) for p in payloads])
 
     assert [bool(m.processed_ids) for m in msgs] == [True, False, True]
     assert [e.code for e in msgs[1].errors] == [Code.STORE_REFUSED]

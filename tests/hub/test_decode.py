@@ -156,7 +156,7 @@ def startup(serial: str, **over: object) -> bytes:
 def test_startup_tokens() -> None:
     topic = T.device("AI-ABCDE1", Kind.STARTUP)
     ok = dec().decode(topic, startup("AI-ABCDE1"), received_at=NOW)
-    assert ok.errors == [] and ok.startup is not None and ok.startup.nonce
+    assert ok.errors == () and ok.startup is not None and ok.startup.nonce
     # forged token, wrong serial's token, truncated token, skewed clock
     bad = [
         startup("AI-ABCDE1", provision_token="00" * 32),

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from picofleet.bridge.decode import Limits, Message, RecordType, parse_json
-from picofleet.bridge.ledger import Ledger, load_record_types
+from picofleet.bridge.ledger import Ledger, Stored, load_record_types
 from picofleet.bridge.service import limits_from
 from picofleet.broker.policy import Policy
 from picofleet.core.codes import Code
@@ -259,8 +259,9 @@ async def _types(pool: asyncpg.Pool) -> dict[str, RecordType]:
     return await load_record_types(pool)
 
 
-async def write_and_check(pool: asyncpg.Pool, batch: list[Message]) -> None:
-    await Ledger(pool).write(batch)  # must not raise, whatever the batch holds
+async def write_and_check(pool: asyncpg.Pool, msgs: list[Message]) -> list[Stored]:
+    batch = await Ledger(pool).write(msgs)  # must not raise, whatever the batch holds
+    assert [w.msg for w in batch] == msgs  # one result per message, in order, as decoded
     ids = [m.raw_id for m in batch]
     assert len(set(ids)) == len(batch) and all(ids)
     raw = await pool.fetch(
@@ -280,6 +281,7 @@ async def write_and_check(pool: asyncpg.Pool, batch: list[Message]) -> None:
             assert m.raw_id in errs
         elif m.facts and m.processed_ids:
             assert m.raw_id in facts
+    return batch
 
 
 @DB
@@ -321,8 +323,8 @@ async def test_extreme_values_fit_their_columns(
         body["seq"] = seq
     dev = f"AI-X{uuid.uuid4().hex[:12]}"  # examples share the database: a fresh device each
     msg = dec.decode(T.device(dev, Kind.TELEMETRY), json.dumps(body).encode(), received_at=now)
-    await write_and_check(pool, [msg])
-    stored = await pool.fetch("SELECT value FROM processed_record WHERE raw_id = $1", msg.raw_id)
+    (w,) = await write_and_check(pool, [msg])
+    stored = await pool.fetch("SELECT value FROM processed_record WHERE raw_id = $1", w.raw_id)
     # Every fact the decoder kept is stored: with a seq each reading has its own place
     # (device, seq, index); without one, equal readings at one time are one fact and the
     # repeats are coded duplicate_item (issue 19, finding 8).
@@ -339,9 +341,9 @@ async def test_100k_items_through_the_ledger(pool: asyncpg.Pool, limits: Limits)
     now = time.time()
     raw = ("[" + ",".join(item % (i % 100, int(now) - i) for i in range(100_000)) + "]").encode()
     msg = dec.decode(T.ingest, raw, received_at=now)
-    await write_and_check(pool, [msg])
-    n = await pool.fetchval("SELECT count(*) FROM processed_record WHERE raw_id = $1", msg.raw_id)
-    stored = await pool.fetchval("SELECT length(payload) FROM raw_record WHERE id = $1", msg.raw_id)
+    (w,) = await write_and_check(pool, [msg])
+    n = await pool.fetchval("SELECT count(*) FROM processed_record WHERE raw_id = $1", w.raw_id)
+    stored = await pool.fetchval("SELECT length(payload) FROM raw_record WHERE id = $1", w.raw_id)
     assert stored == min(len(raw), limits.stored_payload_bytes)
     if limits.max_items >= 100_000:
         assert n == 100_000
