@@ -37,10 +37,10 @@ from amqtt.session import Session
 from picofleet.broker import amqtt_plugin
 from picofleet.broker.policy import Policy
 from picofleet.core import logs
+from picofleet.core import mqttwire as wire
 from picofleet.core.settings import MQTT_MAX_PACKET_BYTES
 
 LISTENER = "default"
-_CONNECT = 1
 
 
 def amqtt_config(
@@ -147,16 +147,16 @@ class PacketGuard(ReaderAdapter):
         head = self._header
         head.append(b)
         if len(head) == 1:
-            if b >> 4 == _CONNECT:
+            if b >> 4 == wire.CONNECT:
                 self._connects += 1
                 if self._connects > 1:
                     self._violate("second CONNECT on an open connection (MQTT-3.1.0-2)")
             return
         if b & 0x80:
-            if len(head) > 4:  # at most 4 remaining-length bytes (MQTT 3.1.1 §2.2.3)
+            if len(head) > wire.MAX_LENGTH_BYTES:  # the field is 1..4 bytes (§2.2.3)
                 self._violate("malformed remaining length")
             return
-        remaining = sum((c & 0x7F) << (7 * i) for i, c in enumerate(head[1:]))
+        remaining = wire.decode_length(head[1:])
         # Counted as Mosquitto counts for max_packet_size (remaining length + 1), so one
         # setting means the same on both brokers.
         if remaining + 1 > self.max_packet:

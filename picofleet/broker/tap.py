@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import struct
 import time
 from collections import deque
 from types import TracebackType
@@ -35,37 +34,16 @@ from picofleet.broker import amqtt_plugin
 from picofleet.broker.embedded import LISTENER, FleetBroker, amqtt_config
 from picofleet.broker.policy import Policy
 from picofleet.core import logs
+from picofleet.core import mqttwire as wire
 from picofleet.core.settings import MQTT_MAX_PACKET_BYTES
 from picofleet.core.source import Inbound
 from picofleet.core.topics import INBOUND_KINDS, Kind
 
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC = 1, 2, 3, 4, 5
 # The acknowledgement that hands a message's ownership to the server, per QoS: PUBACK, and
 # PUBREC (after it a QoS 2 sender resends only PUBREL, never the PUBLISH). Both wait for
 # the commit of the message's raw record.
-_OWNING_ACK = {1: _PUBACK, 2: _PUBREC}
+_OWNING_ACK = {1: wire.PUBACK, 2: wire.PUBREC}
 _INBOUND = (*INBOUND_KINDS, Kind.INGEST)
-
-
-def _utf8(buf: bytes, at: int) -> tuple[str, int]:
-    (n,) = struct.unpack_from("!H", buf, at)
-    return buf[at + 2 : at + 2 + n].decode("utf-8", "replace"), at + 2 + n
-
-
-def connect_username(body: bytes) -> str | None:
-    """Username from a CONNECT packet body (variable header + payload), if it carries one."""
-    _, at = _utf8(body, 0)  # protocol name
-    flags = body[at + 1]
-    at += 4  # level, flags, keepalive
-    _, at = _utf8(body, at)  # client id
-    if flags & 0x04:  # will: topic and message
-        _, at = _utf8(body, at)
-        (n,) = struct.unpack_from("!H", body, at)
-        at += 2 + n
-    if flags & 0x80:
-        user, _ = _utf8(body, at)
-        return user
-    return None
 
 
 class Connection:
@@ -127,7 +105,7 @@ class TapReader(ReaderAdapter):
             if self._need < 0:  # still in the fixed header
                 self._head.append(b)
                 if len(self._head) >= 2 and not b & 0x80:
-                    self._need = self._remaining()
+                    self._need = wire.decode_length(self._head[1:])
                     if self._need == 0:
                         await self._emit()
                     else:
@@ -157,13 +135,6 @@ class TapReader(ReaderAdapter):
         self._need = -1
         await self.conn.tap.on_packet(self.conn, ptype, flags, body)
 
-    def _remaining(self) -> int:
-        value, mult = 0, 1
-        for b in self._head[1:]:
-            value += (b & 0x7F) * mult
-            mult *= 128
-        return value
-
     def feed_eof(self) -> None:
         self.conn.stream_reader.feed_eof()
 
@@ -181,7 +152,7 @@ class TapWriter(WriterAdapter):
                 conn.parked[pid] = bytes(data)
                 return
             conn.released.discard(pid)
-        elif first == _CONNACK and len(data) >= 4:
+        elif first == wire.CONNACK and len(data) >= 4:
             conn.authenticated = data[3] == 0
         conn.stream_writer.write(data)
 
@@ -285,7 +256,7 @@ class Tap:
 
     # -- tapping ------------------------------------------------------------------------------
     async def on_packet(self, conn: Connection, ptype: int, flags: int, body: bytes) -> None:
-        if ptype == _CONNECT:
+        if ptype == wire.CONNECT:
             conn.connects += 1
             if conn.connects > 1:
                 # The broker's PacketGuard cuts a second CONNECT before it is read whole; were
@@ -294,21 +265,17 @@ class Tap:
                 conn.stream_writer.transport.abort()
                 return
             try:
-                conn.username = connect_username(body)
-            except (struct.error, IndexError):
+                conn.username = wire.connect_username(body)
+            except wire.WireError:
                 conn.username = None
             return
-        if ptype != _PUBLISH or not conn.authenticated or not conn.username:
+        if ptype != wire.PUBLISH or not conn.authenticated or not conn.username:
             return
         qos = (flags >> 1) & 0x03
         try:
-            topic, at = _utf8(body, 0)
-        except struct.error:
+            topic, pid, at = wire.publish_parts(flags, body)
+        except wire.WireError:
             return
-        pid = 0
-        if qos:
-            (pid,) = struct.unpack_from("!H", body, at)
-            at += 2
         parsed = self.policy.topics.parse(topic)
         if parsed is None or parsed.kind not in _INBOUND:
             return

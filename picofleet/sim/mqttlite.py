@@ -12,52 +12,11 @@ import struct
 import time
 from collections.abc import Callable
 
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK = 0x10, 0x20, 0x30, 0x40
+from picofleet.core import mqttwire as wire
 
 
 class MqttLiteError(ConnectionError):
     """The broker refused or dropped the connection."""
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("!H", len(b)) + b
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One packet from ``reader``: its first byte (type and flags) and its body."""
-    head = await reader.readexactly(2)
-    n, mult, b = 0, 1, head[1]
-    while True:
-        n += (b & 0x7F) * mult
-        if not b & 0x80:
-            break
-        mult *= 128
-        b = (await reader.readexactly(1))[0]
-    return head[0], (await reader.readexactly(n) if n else b"")
-
-
-def connect_packet(
-    client_id: str, username: str, password: str, keepalive: int, clean: bool = True
-) -> bytes:
-    flags = 0xC0 | (0x02 if clean else 0)
-    var = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
-    body = var + _str(client_id) + _str(username) + _str(password)
-    return bytes([_CONNECT]) + _length(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes, qos: int, pid: int) -> bytes:
-    body = _str(topic) + (struct.pack("!H", pid) if qos else b"") + payload
-    return bytes([_PUBLISH | (qos << 1)]) + _length(len(body)) + body
 
 
 class Publisher:
@@ -98,9 +57,9 @@ class Publisher:
 
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        self._writer.write(connect_packet(self.client_id, self.username, self.password, 60))
+        self._writer.write(wire.connect_packet(self.client_id, self.username, self.password, 60))
         head = await self._reader.readexactly(4)
-        if head[0] != _CONNACK or head[3] != 0:
+        if head[0] >> 4 != wire.CONNACK or head[3] != 0:
             raise MqttLiteError(f"CONNACK refused: code {head[3]}")
         self._task = asyncio.create_task(self._read_acks(), name=f"mqttlite[{self.client_id}]")
 
@@ -108,8 +67,8 @@ class Publisher:
         assert self._reader is not None
         try:
             while True:
-                first, body = await read_packet(self._reader)
-                if first == _PUBACK:
+                first, body = await wire.read_packet(self._reader)
+                if first >> 4 == wire.PUBACK:
                     (pid,) = struct.unpack("!H", body[:2])
                     sent_at = self._inflight.pop(pid, None)
                     if sent_at is not None:
@@ -117,7 +76,7 @@ class Publisher:
                         if self.on_ack:
                             self.on_ack(sent_at)
                         self._slot.set()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, wire.WireError):
             self._slot.set()
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
@@ -134,7 +93,7 @@ class Publisher:
             self._pid = self._pid % 65535 + 1
             pid = self._pid
             self._inflight[pid] = time.perf_counter()
-        self._writer.write(publish_packet(topic, payload, qos, pid))
+        self._writer.write(wire.publish_packet(topic, payload, qos, pid))
         self.sent += 1
         if self._writer.transport.get_write_buffer_size() > 256 * 1024:
             await self._writer.drain()
@@ -151,7 +110,7 @@ class Publisher:
 
     async def close(self) -> None:
         if self._writer is not None:
-            self._writer.write(b"\xe0\x00")  # DISCONNECT
+            self._writer.write(wire.packet(wire.DISCONNECT << 4, b""))
             self._writer.close()
             try:
                 await self._writer.wait_closed()

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from picofleet.core.credentials import FleetKeys
+from picofleet.core.mqttwire import connect_packet, publish_packet, read_packet
 from picofleet.core.settings import Settings
 from picofleet.core.topics import Topics
-from picofleet.sim.mqttlite import connect_packet, publish_packet, read_packet
 from tests.conftest import RunningHub, running_hub
 from tests.faults import TcpProxy
 from tests.helpers import wait_for

@@ -10,15 +10,35 @@ import asyncio
 import struct
 from dataclasses import dataclass
 
-from picofleet.sim.mqttlite import connect_packet, publish_packet
+from picofleet.core import mqttwire as wire
+from picofleet.core.mqttwire import (
+    CONNACK,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    connect_packet,
+    publish_packet,
+)
 
-__all__ = ["Packet", "RawClient", "connect_packet", "publish_packet", "pubrel_packet"]
-
-CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 2, 3, 4, 5, 6, 7
+__all__ = [
+    "CONNACK",
+    "PUBACK",
+    "PUBCOMP",
+    "PUBLISH",
+    "PUBREC",
+    "PUBREL",
+    "Packet",
+    "RawClient",
+    "connect_packet",
+    "publish_packet",
+    "pubrel_packet",
+]
 
 
 def pubrel_packet(pid: int) -> bytes:
-    return bytes([0x62, 2]) + struct.pack("!H", pid)
+    return wire.ack_packet(PUBREL, pid)
 
 
 @dataclass(frozen=True)
@@ -64,15 +84,7 @@ class RawClient:
             return None
 
     async def _packet(self) -> Packet:
-        first = (await self.reader.readexactly(1))[0]
-        n, mult = 0, 1
-        while True:
-            b = (await self.reader.readexactly(1))[0]
-            n += (b & 0x7F) * mult
-            mult *= 128
-            if not b & 0x80:
-                break
-        body = await self.reader.readexactly(n) if n else b""
+        first, body = await wire.read_packet(self.reader)
         return Packet(first >> 4, first & 0x0F, body)
 
     async def until_closed(self, timeout: float = 10.0) -> tuple[list[Packet], bool]:

@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 
 from picofleet.core.credentials import FleetKeys
+from picofleet.core.mqttwire import encode_length, encode_str
 from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind, Topics
-from picofleet.sim.mqttlite import _length, _str
 from tests.adversarial.raw import PUBACK, RawClient, publish_packet
 from tests.conftest import mosquitto_available, need, running_hub
 
@@ -29,10 +29,10 @@ LIMIT = 64 * 1024
 
 def sized_publish(topic: str, total: int, pid: int) -> bytes:
     """A QoS 1 PUBLISH whose remaining length + 1 is exactly ``total``."""
-    head = _str(topic) + struct.pack("!H", pid)
+    head = encode_str(topic) + struct.pack("!H", pid)
     filler = total - 1 - len(head) - len(b'{"pad":""}')
     packet = publish_packet(topic, b'{"pad":"' + b"x" * filler + b'"}', 1, pid)
-    assert packet[1:4] == _length(total - 1)
+    assert packet[1:4] == encode_length(total - 1)
     return packet
 
 
@@ -65,8 +65,8 @@ async def test_an_oversized_packet_ends_the_connection_before_its_body_is_read(
         # 200 MiB announced, 8 MiB sent: the connection ends before the body is buffered.
         before = rss_mib()
         c = await RawClient.connected(s.mqtt_port, DEV, password)
-        body_head = _str(topic) + struct.pack("!H", 3)
-        c.send(bytes([0x32]) + _length(200 * 1024 * 1024) + body_head)
+        body_head = encode_str(topic) + struct.pack("!H", 3)
+        c.send(bytes([0x32]) + encode_length(200 * 1024 * 1024) + body_head)
         sent = 0
         with contextlib.suppress(ConnectionError, TimeoutError):
             for _ in range(32):
