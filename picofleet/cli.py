@@ -64,13 +64,9 @@ def up(
     """Run the whole hub: embedded PostgreSQL (unless configured), broker, bridge, HTTP.
 
     Its endpoints are recorded in the data dir; the other commands find the hub there."""
-    import os
-
     from picofleet.core.endpoints import public_url as default_public_url
     from picofleet.hub import run_hub
-
-    if usb_gateway:
-        os.environ["PICOFLEET_USB_GATEWAY"] = "1"  # read by picofleet.usb's own settings
+    from picofleet.usb._settings import UsbSettings
 
     settings = settings_for(
         data_dir,
@@ -83,7 +79,10 @@ def up(
     )
     # Fixed for this run: the announcer's manifests and the record name the same URL.
     settings.public_url = default_public_url(settings)
-    asyncio.run(run_hub(settings, roles={"bridge", "http"}, embedded_broker=True))
+    areas = [UsbSettings(usb_gateway=True)] if usb_gateway else []
+    asyncio.run(
+        run_hub(settings, roles={"bridge", "http"}, embedded_broker=True, area_settings=areas)
+    )
 
 
 @app.command()

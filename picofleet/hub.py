@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
+from pydantic_settings import BaseSettings
 
 from picofleet import areas
 from picofleet.bridge.mqtt import hub_session
@@ -224,8 +225,12 @@ async def run_hub(
     embedded_broker: bool = True,
     ready: asyncio.Event | None = None,
     handle_signals: bool = True,
+    area_settings: Sequence[BaseSettings] = (),
 ) -> None:
     """Run the given roles ('bridge', 'http') with or without the embedded broker.
+
+    ``area_settings`` replace what an area would read from the environment (flags of
+    ``picofleet up`` such as ``--usb-gateway``).
 
     Raises ``HubFailed`` (after a clean shutdown) when a supervised task kept failing."""
     log = logs.get("picofleet.hub")
@@ -243,7 +248,12 @@ async def run_hub(
             window_s=settings.task_failure_window_s,
         )
         hub = HubContext(
-            settings=settings, pool=pool, ingest=ingest, keys=keys, supervisor=supervisor
+            settings=settings,
+            pool=pool,
+            ingest=ingest,
+            keys=keys,
+            supervisor=supervisor,
+            areas={type(a): a for a in area_settings},
         )
         if broker.policy is not None:
             supervisor.start(

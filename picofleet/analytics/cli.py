@@ -50,17 +50,13 @@ def _opt_time(text: str | None) -> datetime | None:
 
 
 def _with_pool(data_dir: Path | None, work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    from picofleet.core import db
-    from picofleet.core.runtime import embedded_url
+    from picofleet.core.runtime import command_pool
 
-    url = embedded_url(settings_for(data_dir))
+    settings = settings_for(data_dir)
 
     async def main() -> T:
-        pool = await db.create_pool(url, max_size=2)
-        try:
+        async with command_pool(settings) as pool:
             return await work(pool)
-        finally:
-            await pool.close()
 
     return asyncio.run(main())
 

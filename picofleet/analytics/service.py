@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 async def attach(hub: HubContext, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
-    settings = AnalyticsSettings()
+    settings = hub.area(AnalyticsSettings)
     if not settings.enabled:
         return []
     job = Job(

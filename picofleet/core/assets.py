@@ -23,9 +23,11 @@ class AssetMissing(RuntimeError):
 def asset_dir(name: str) -> Path:
     if name not in ASSETS:
         raise ValueError(f"unknown asset folder {name!r}; one of {', '.join(ASSETS)}")
-    checkout = Path(picofleet.__file__).resolve().parent.parent / name
-    if checkout.is_dir():
-        return checkout
+    root = Path(picofleet.__file__).resolve().parent.parent
+    # A source checkout (its pyproject.toml beside the package), not site-packages, where
+    # another project may have a folder of the same name.
+    if (root / "pyproject.toml").is_file() and (root / name).is_dir():
+        return root / name
     try:
         package = importlib.import_module(f"picofleet.{name}")
     except ModuleNotFoundError as exc:

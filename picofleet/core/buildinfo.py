@@ -5,14 +5,11 @@ The commit comes from, first found wins:
     build_info.json         written next to this module by a release build (inside the wheel)
     git rev-parse HEAD      when running from a checkout (``-dirty`` if the tree has changes)
     "unknown"
-Firmware versions are the ``VERSION = "X.Y.Z"`` (or ``FW_VERSION``) literal the pico_w and
-pico_usb builds carry, looked for in ``version.py``, then ``main.py``, then the other modules;
-a firmware without one is left out.
+Firmware versions are read by picofleet/core/firmware.py; a firmware without one is left out.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import os
@@ -22,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import picofleet
+from picofleet.core.firmware import APPS, firmware_dir, firmware_version
 
 BUILD_INFO_FILE = "build_info.json"
 COMMIT_ENV = "PICOFLEET_COMMIT"
-FIRMWARES = ("pico_w", "pico_usb")
-_VERSION_FILES = ("version.py", "main.py")
-_VERSION_NAMES = frozenset({"VERSION", "FW_VERSION", "FIRMWARE_VERSION", "__version__"})
 UNKNOWN = "unknown"
 
 
@@ -47,46 +42,12 @@ class BuildInfo:
         }
 
 
-def asset_dir(name: str) -> Path | None:
-    """``picofleet/<name>`` inside an installed wheel, else ``<checkout>/<name>``."""
-    here = Path(picofleet.__file__).resolve().parent
-    for candidate in (here / name, here.parent / name):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def string_constant(path: Path, names: frozenset[str]) -> str | None:
-    """The first top-level ``NAME = "..."`` in ``path`` for a NAME in ``names``, read without
-    importing the module."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except (OSError, SyntaxError, ValueError):
-        return None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            targets = {t.id for t in node.targets if isinstance(t, ast.Name)}
-            if targets & names and isinstance(node.value.value, str):
-                return node.value.value
-    return None
-
-
-def firmware_version(directory: Path) -> str | None:
-    """The firmware's version literal, read without importing it (it is MicroPython)."""
-    candidates = [directory / n for n in _VERSION_FILES] + sorted(directory.glob("*.py"))
-    for path in dict.fromkeys(candidates):
-        found = string_constant(path, _VERSION_NAMES)
-        if found:
-            return found
-    return None
-
-
 def firmware_versions(root: Path | None = None) -> dict[str, str]:
     """Versions of the firmware under ``root`` (a source tree) or shipped with this install."""
     found: dict[str, str] = {}
-    for name in FIRMWARES:
-        directory = (root / name) if root is not None else asset_dir(name)
-        version = firmware_version(directory) if directory is not None else None
+    for name in APPS:
+        directory = (root / name) if root is not None else firmware_dir(name)
+        version = firmware_version(directory) if directory.is_dir() else None
         if version:
             found[name] = version
     return found

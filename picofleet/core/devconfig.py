@@ -84,7 +84,8 @@ class OptionsFile(BoardOptions):
 
 
 class DeviceConfig(_Strict):
-    """config.json, exactly the fields of the contract (COMMON.md), plus ``sensors``."""
+    """config.json, exactly the fields pico_w/config.py reads (its module docstring),
+    plus ``sensors``."""
 
     device_key: str
     mqtt_password: str | None

@@ -7,7 +7,9 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 
-from picofleet.core import endpoints
+import asyncpg
+
+from picofleet.core import db, endpoints
 from picofleet.core.settings import Settings
 
 
@@ -32,6 +34,23 @@ async def hub_database(settings: Settings) -> AsyncIterator[str]:
         yield url
     finally:
         await asyncio.to_thread(pg.stop)
+
+
+@contextlib.asynccontextmanager
+async def command_pool(
+    settings: Settings, *, max_size: int = 2, migrate: bool = False
+) -> AsyncIterator[asyncpg.Pool]:
+    """The hub's database for a one-shot command: the configured server or the embedded
+    cluster (started if needed, never created), optionally migrated, as a small pool that
+    is closed afterwards. Every area CLI opens the database this way."""
+    url = await asyncio.to_thread(embedded_url, settings)
+    if migrate:
+        await db.migrate(url)
+    pool = await db.create_pool(url, max_size=max_size)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 def install_signals(stop: asyncio.Event) -> None:

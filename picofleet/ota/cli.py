@@ -36,23 +36,15 @@ def register(app: typer.Typer) -> None:
 
 def _db(data_dir: Path | None, op: Callable[[Any, Settings], Awaitable[T]]) -> T:
     """Run ``op(conn, settings)`` in one transaction on the hub's database."""
-    import asyncpg
-
-    from picofleet.core import db
     from picofleet.core.errors import OtaError
-    from picofleet.core.runtime import embedded_url
+    from picofleet.core.runtime import command_pool
 
     settings = settings_for(data_dir)
-    url = embedded_url(settings)
 
     async def go() -> T:
-        await db.migrate(url)
-        conn = await asyncpg.connect(url)
-        try:
-            async with conn.transaction():
+        async with command_pool(settings, max_size=1, migrate=True) as pool:
+            async with pool.acquire() as conn, conn.transaction():
                 return await op(conn, settings)
-        finally:
-            await conn.close()
 
     try:
         return asyncio.run(go())

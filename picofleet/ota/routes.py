@@ -148,7 +148,7 @@ async def post_release(
     notes: Annotated[str, Query(max_length=2000)] = "",
 ) -> dict[str, Any]:
     """Body: the raw main.py (application/octet-stream)."""
-    cfg = OtaSettings()
+    cfg = _hub(request).area(OtaSettings)
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
@@ -228,7 +228,8 @@ async def get_rollout(request: Request, rollout_id: RolloutId) -> dict[str, Any]
 
 @router.post("/api/ota/rollouts", status_code=201, dependencies=Operator, tags=["ota"])
 async def post_rollout(request: Request, body: RolloutIn) -> dict[str, Any]:
-    cfg, hub, signer = OtaSettings(), _hub(request), _signer(request)
+    hub, signer = _hub(request), _signer(request)
+    cfg = hub.area(OtaSettings)
     return await _run(
         request,
         lambda c: rollouts.create_rollout(
@@ -270,7 +271,8 @@ async def abort_rollout(request: Request, rollout_id: RolloutId) -> dict[str, An
 
 @router.post("/api/ota/rollback", status_code=201, dependencies=Operator, tags=["ota"])
 async def post_rollback(request: Request, body: RollbackIn) -> dict[str, Any]:
-    cfg, hub, signer = OtaSettings(), _hub(request), _signer(request)
+    hub, signer = _hub(request), _signer(request)
+    cfg = hub.area(OtaSettings)
     return await _run(
         request,
         lambda c: rollouts.rollback(
@@ -305,7 +307,8 @@ async def list_pins(request: Request) -> list[dict[str, Any]]:
 
 @router.put("/api/ota/pins/{device_key}", dependencies=Operator, tags=["ota"])
 async def put_pin(request: Request, device_key: str, body: PinIn) -> dict[str, Any]:
-    cfg, hub, signer = OtaSettings(), _hub(request), _signer(request)
+    hub, signer = _hub(request), _signer(request)
+    cfg = hub.area(OtaSettings)
     return await _run(
         request,
         lambda c: rollouts.pin(

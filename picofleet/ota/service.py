@@ -22,7 +22,7 @@ async def attach(hub: HubContext, stop: asyncio.Event) -> list[Coroutine[Any, An
         pool=hub.pool,
         session=hub.bridge.session,
         topics=hub.ingest.topics,
-        tick_s=OtaSettings().tick_s,
+        tick_s=hub.area(OtaSettings).tick_s,
     )
     hub.extra["ota.announcer"] = announcer
     return [announcer.run(stop)]

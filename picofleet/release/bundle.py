@@ -42,14 +42,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from picofleet.core.buildinfo import (
-    BUILD_INFO_FILE,
-    FIRMWARES,
-    firmware_versions,
-    git_commit,
-    git_commit_time,
-    string_constant,
-)
+from picofleet.core.buildinfo import BUILD_INFO_FILE, firmware_versions, git_commit, git_commit_time
+from picofleet.core.firmware import APPS, version_literal
 from picofleet.release import changelog
 from picofleet.release.signing import (
     META_FILE,
@@ -65,7 +59,7 @@ BUILD_CONSTRAINTS = "release/build-constraints.txt"
 BUILD_INFO_PATH = f"picofleet/release/{BUILD_INFO_FILE}"
 CHANGELOG = "CHANGELOG.md"
 _TOP_LEVEL_FILES = ("CHANGELOG.md", "README.md", "compose.yaml", "Dockerfile")
-_TREES = ("sql", *FIRMWARES, "deploy")
+_TREES = ("sql", *APPS, "deploy")
 _JUNK_SUFFIXES = (".pyc", ".mpy")
 _GZIP = 9  # compression level
 
@@ -119,7 +113,7 @@ def stage(root: Path, files: Iterable[str], dest: Path) -> None:
 def check_project_version(tree: Path, version: str) -> None:
     """pyproject.toml, picofleet.__version__ and CHANGELOG.md must all name ``version``."""
     declared = tomllib.loads((tree / "pyproject.toml").read_text())["project"]["version"]
-    in_code = string_constant(tree / "picofleet" / "__init__.py", frozenset({"__version__"}))
+    in_code = version_literal((tree / "picofleet" / "__init__.py").read_text())
     if declared != version or in_code != version:
         raise ReleaseError(
             f"releasing {version}, but pyproject.toml says {declared} and "

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
-from picofleet.core.firmware import firmware_dir
+from picofleet.core.firmware import firmware_dir, version_literal
 from picofleet.core.settings import Settings
 from picofleet.usb._board import CONFIG_FILE, VERSION_FILE
 
 MAIN = "main.py"
-_VERSION_RE = re.compile(
-    r"""^(?:FW_)?VERSION\s*=\s*(?:const\()?["'](\d+\.\d+\.\d+)["']""", re.MULTILINE
-)
 Q_RELEASE = "SELECT sha256, size FROM ota_release WHERE device_type = $1 AND version = $2"
 
 
@@ -67,9 +63,9 @@ def app_dir(app: str, source: Path | None = None) -> Path:
 
 def _version_of(files: list[BoardFile]) -> str | None:
     for f in sorted(files, key=lambda f: f.name != MAIN):
-        m = _VERSION_RE.search(f.data.decode("utf-8", "replace"))
-        if m:
-            return m.group(1)
+        found = version_literal(f.data.decode("utf-8", "replace"))
+        if found:
+            return found
     return None
 
 

@@ -246,10 +246,9 @@ async def _flash(
     flags: dict[str, Any],
     source: Path | None,
 ) -> list[FlashResult]:
-    from picofleet.core import db
     from picofleet.core.credentials import load_fleet_keys
     from picofleet.core.devconfig import ota_public_key
-    from picofleet.core.runtime import embedded_url
+    from picofleet.core.runtime import command_pool
     from picofleet.usb._bundle import load_app, load_release
     from picofleet.usb._flash import FlashPlan, flash_all
     from picofleet.usb._hold import hold_dir
@@ -260,11 +259,7 @@ async def _flash(
     usb = UsbSettings()
     transport = MpremoteTransport(timeout=usb.usb_step_timeout_s)
     # The deploy log is part of the job: no database, no flash.
-    url = settings.database_url
-    if not url:
-        url = await asyncio.to_thread(embedded_url, settings)
-    pool = await db.create_pool(url, max_size=4)
-    try:
+    async with command_pool(settings, max_size=4) as pool:
         bundle = (
             await load_release(pool, settings, app, release, source)
             if release
@@ -286,8 +281,6 @@ async def _flash(
                 return await flash_all(transport, boards, plan, bars, pool)
         lines = LineReporter(lambda text: typer.echo(text, err=True))
         return await flash_all(transport, boards, plan, lines, pool)
-    finally:
-        await pool.close()
 
 
 # -- uf2 -----------------------------------------------------------------------------------

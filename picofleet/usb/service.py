@@ -1,7 +1,8 @@
 """The USB gateway as a background loop of the hub (``picofleet up``), when switched on.
 
-Off by default: set ``PICOFLEET_USB_GATEWAY=1`` (environment or .env) on the Pi whose USB
-ports the Picos hang off. ``picofleet usb gateway`` runs the same loop on its own.
+Off by default: ``picofleet up --usb-gateway``, or ``PICOFLEET_USB_GATEWAY=1`` (environment
+or .env), on the Pi whose USB ports the Picos hang off. ``picofleet usb gateway`` runs the
+same loop on its own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from picofleet.web.app import HubContext
 
 
 async def attach(hub: HubContext, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
-    usb = UsbSettings()
+    usb = hub.area(UsbSettings)
     if not usb.usb_gateway:
         return []
     host, port = broker_endpoint(hub.settings)

@@ -7,12 +7,13 @@ import binascii
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+from pydantic_settings import BaseSettings
 
 import picofleet
 from picofleet.bridge.decode import Message, parse_json
@@ -27,9 +28,13 @@ from picofleet.core.topics import valid_device_key
 from picofleet.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.web.docs import install_docs
 
+AreaSettings = TypeVar("AreaSettings", bound=BaseSettings)
+
 
 @dataclass
 class HubContext:
+    """What every area gets from the running hub."""
+
     settings: Settings
     pool: asyncpg.Pool
     ingest: Ingest
@@ -37,6 +42,16 @@ class HubContext:
     bridge: Bridge | None = None
     supervisor: Supervisor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Each area's own settings class (OtaSettings, UsbSettings, ...), built once per hub;
+    # the assembly may seed one (``picofleet up --usb-gateway``).
+    areas: dict[type[BaseSettings], BaseSettings] = field(default_factory=dict)
+
+    def area(self, cls: type[AreaSettings]) -> AreaSettings:
+        found = self.areas.get(cls)
+        if found is None:
+            found = self.areas[cls] = cls()
+        assert isinstance(found, cls)
+        return found
 
 
 class IngestResult(BaseModel):

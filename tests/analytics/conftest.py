@@ -147,20 +147,9 @@ class Feed:
         )
 
     async def status(self, key: str, state: str, *, received_at: datetime) -> None:
-        """A retained status / last will, with the effect the ledger gives it.
-
-        Written here rather than through Ledger: its status update (Q_STATUS) names a column
-        that does not exist (u.status for s.status); reported to the lead.
-        """
-        await self.pool.execute(
-            "INSERT INTO device (device_key, state, last_seen, status)"
-            " VALUES ($1, $2, $3, jsonb_build_object('state', $2::text))"
-            " ON CONFLICT (device_key) DO UPDATE SET state = EXCLUDED.state,"
-            " status = EXCLUDED.status,"
-            " last_seen = greatest(device.last_seen, EXCLUDED.last_seen)",
-            key,
-            state,
-            received_at,
+        """A retained status / last will, through the ledger as the bridge writes it."""
+        await self.send(
+            self.topics.device(key, Kind.STATUS), {"state": state}, received_at=received_at
         )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = firmware_dir("pico_w")
 RUNNER = Path(__file__).with_name("run_mpy.mjs")
 MPY_PKG = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
-
-
-@pytest.fixture(autouse=True)
-def _status_query_fix(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # WORKAROUND (reported to the lead): picofleet/bridge/ledger.py's Q_STATUS reads u.status where
-    # the LATERAL alias is s.status, so every batch holding a device status fails to commit.
-    from picofleet.bridge import ledger
-
-    if "u.status->>" in ledger.Q_STATUS:
-        monkeypatch.setattr(ledger, "Q_STATUS", ledger.Q_STATUS.replace("u.status", "s.status"))
-    yield
 
 
 def mpy_available() -> bool:

@@ -103,3 +103,20 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
         ]
     finally:
         probe.unlink()
+
+
+def test_the_readme_layout_table_matches_the_floors() -> None:
+    """README "Layout" names every package on the floor this test gives it, and every path
+    it names exists."""
+    readme = (ROOT.parent / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| ")]
+    listed: dict[str, int] = {}
+    for floor, paths, _ in rows[1:]:
+        for path in paths.replace("`", "").split(","):
+            path = path.strip()
+            assert (ROOT.parent / path).exists(), f"README names {path}, which does not exist"
+            parts = path.rstrip("/").removesuffix(".py").split("/")
+            if parts[0] == "picofleet" and len(parts) == 2:
+                listed[parts[1]] = int(floor)
+    assert listed == {pkg: i for pkg, i in FLOOR.items() if pkg != "__main__"}

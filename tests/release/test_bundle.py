@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from picofleet.core.buildinfo import firmware_version
+from picofleet.core.firmware import firmware_version
 from picofleet.release.bundle import BundleFile, build_bundle, iso_utc, write_tarball
 from picofleet.release.signing import (
     BundleMeta,

@@ -15,7 +15,7 @@ from picofleet.release import changelog
 from picofleet.release.bundle import CHANGELOG, LOCK_FILE, check_project_version, source_files
 from tests.release.conftest import ROOT
 
-CODE_ROOTS = ("picofleet", "bridge", "broker", "picofleet.web")
+CODE_ROOTS = ("picofleet",)
 
 
 def pyproject() -> dict[str, Any]:

@@ -69,6 +69,46 @@ def test_installed_wheel_holds_sql_and_firmware(
         assert shipped == tree_files(snapshot, sub)
 
 
+ASSET_PROBE = """
+import json
+from picofleet.core.assets import ASSETS, asset_dir
+from picofleet.core.firmware import firmware_dir
+from picofleet.web.docs import ASSET_DIR
+from picofleet.sim.board import HERE
+paths = {name: str(asset_dir(name)) for name in ASSETS}
+paths |= {"firmware": str(firmware_dir("pico_w")), "docs": str(ASSET_DIR), "board": str(HERE)}
+print(json.dumps(paths))
+"""
+
+
+def test_every_asset_is_found_inside_the_installed_package(
+    wheel_venv: Path, tmp_path: Path
+) -> None:
+    """One finder for packaged folders, and it answers from the wheel even when another
+    project left a folder of the same name in site-packages."""
+    site = site_packages(wheel_venv)
+    decoy = site / "sql"
+    decoy.mkdir(exist_ok=True)
+    try:
+        out = subprocess.run(
+            [str(wheel_venv / "bin" / "python"), "-c", ASSET_PROBE],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(),
+            check=True,
+        ).stdout
+    finally:
+        decoy.rmdir()
+    paths = {k: Path(v) for k, v in json.loads(out).items()}
+    assert paths["sql"] == site / "picofleet" / "sql"
+    assert paths["pico_w"] == paths["firmware"] == site / "picofleet" / "pico_w"
+    assert (paths["pico_w"] / "main.py").is_file() and (paths["pico_usb"] / "main.py").is_file()
+    assert paths["docs"] == site / "picofleet" / "web" / "static" / "swagger-ui"
+    assert (paths["board"] / "host.mjs").is_file()
+    assert all(p.is_relative_to(site / "picofleet") for p in paths.values())
+
+
 def test_version_names_the_release_commit(
     wheel_venv: Path, bundles: Bundles, tmp_path: Path
 ) -> None:
