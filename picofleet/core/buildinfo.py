@@ -22,6 +22,8 @@ import picofleet
 from picofleet.core.firmware import APPS, firmware_dir, firmware_version
 
 BUILD_INFO_FILE = "build_info.json"
+# Where a release build writes it in the source tree it builds the wheel from: beside this module.
+BUILD_INFO_PATH = f"picofleet/core/{BUILD_INFO_FILE}"
 COMMIT_ENV = "PICOFLEET_COMMIT"
 UNKNOWN = "unknown"
 

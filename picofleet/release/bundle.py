@@ -42,7 +42,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from picofleet.core.buildinfo import BUILD_INFO_FILE, firmware_versions, git_commit, git_commit_time
+from picofleet.core.buildinfo import BUILD_INFO_PATH, firmware_versions, git_commit, git_commit_time
 from picofleet.core.firmware import APPS, version_literal
 from picofleet.release import changelog
 from picofleet.release.signing import (
@@ -56,7 +56,6 @@ from picofleet.release.signing import (
 
 LOCK_FILE = "release/requirements.lock"
 BUILD_CONSTRAINTS = "release/build-constraints.txt"
-BUILD_INFO_PATH = f"picofleet/release/{BUILD_INFO_FILE}"
 CHANGELOG = "CHANGELOG.md"
 _TOP_LEVEL_FILES = ("CHANGELOG.md", "README.md", "compose.yaml", "Dockerfile")
 _TREES = ("sql", *APPS, "deploy")
