@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from picofleet.bridge.ledger import RAW_COLUMNS
 from picofleet.broker import mosquitto
 from picofleet.broker.policy import Policy
 from picofleet.core import db
@@ -206,16 +207,7 @@ async def pg_copy_alone(pg: EmbeddedPostgres, n: int) -> float:
             await conn.copy_records_to_table(
                 "raw_record",
                 records=raws,
-                columns=[
-                    "id",
-                    "received_at",
-                    "source",
-                    "topic",
-                    "device_key",
-                    "payload",
-                    "payload_size",
-                    "body",
-                ],
+                columns=RAW_COLUMNS,
             )
             await conn.copy_records_to_table(
                 "processed_record",

@@ -175,3 +175,21 @@ class Client:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+
+
+BANNER_END = "device credentials"  # the last line of the banner `picofleet up` prints
+
+
+def read_banner(proc: subprocess.Popen[str], within: float = 120.0) -> list[str]:
+    """The lines `picofleet up` prints (stdout and stderr merged) until its banner ends;
+    fails with what it printed if the hub exits first."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, "hub exited early:\n" + "".join(lines)
+        lines.append(line)
+        if BANNER_END in line:
+            return lines
+    raise AssertionError("no banner within the time:\n" + "".join(lines))

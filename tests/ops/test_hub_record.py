@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,9 +19,7 @@ import asyncpg
 import pytest
 
 from picofleet.core.endpoints import HUB_FILE, lan_address
-from tests.helpers import CLI, free_port
-
-BANNER_END = "device credentials"
+from tests.helpers import CLI, free_port, read_banner
 
 
 def operator_env(data_dir: Path | None = None) -> dict[str, str]:
@@ -59,16 +56,8 @@ def hub_up(data_dir: Path, cwd: Path, *args: str) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, "hub exited early:\n" + "".join(lines)
-            lines.append(line)
-            if BANNER_END in line:
-                break
+        lines = read_banner(proc, 90)
         yield "".join(lines)
     finally:
         proc.send_signal(signal.SIGTERM)

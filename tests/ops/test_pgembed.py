@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from picofleet.core.pgembed import (
     PostgresUnavailable,
     find_bindir,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, read_banner
 
 REPO = Path(__file__).resolve().parents[2]
 # Run inside the private checkout: the session's cluster, the hub over HTTP, one-shot CLIs.
@@ -142,16 +141,8 @@ def test_up_and_the_suite_from_a_private_checkout(private_dir: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, "hub exited early:\n" + "".join(lines)
-            lines.append(line)
-            if "device credentials" in line:
-                break
+        lines = read_banner(proc, 120)
 
         def run(*args: str) -> str:
             res = subprocess.run(

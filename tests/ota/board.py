@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import threading
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.topics import Kind, Topics
+from tests.helpers import startup_body
 from tests.ota.fleet import semver
 
 DEVICE, CHANNEL = "device", "channel"
@@ -176,20 +176,10 @@ class Board:
             c.loop_stop()
 
     def _startup(self, c: paho.Client) -> None:
-        nonce, ts = secrets.token_hex(8), int(time.time())
-        self._publish(
-            c,
-            Kind.STARTUP,
-            {
-                "event_type": "device_startup",
-                "serial": self.key,
-                "provision_token": self.keys.device_startup_token(self.key, ts, nonce),
-                "firmware": self.firmware,
-                "device_type": self.device_type,
-                "timestamp": ts,
-                "nonce": nonce,
-            },
+        body = startup_body(
+            self.keys, self.key, firmware=self.firmware, device_type=self.device_type
         )
+        self._publish(c, Kind.STARTUP, body)
 
     def _telemetry(self, c: paho.Client) -> None:
         self._tseq += 1

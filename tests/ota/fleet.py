@@ -14,7 +14,6 @@ import base64
 import hashlib
 import json
 import queue
-import secrets
 import threading
 import time
 from enum import StrEnum
@@ -28,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.topics import Kind, Topics
+from tests.helpers import startup_body
 
 
 class Behaviour(StrEnum):
@@ -116,20 +116,14 @@ class FakeDevice:
         self.client.connect("127.0.0.1", self.port, keepalive=30)
         self.client.loop_start()
         assert self._connected.wait(10), f"{self.key} could not connect"
-        nonce, ts = secrets.token_hex(8), int(time.time())
-        self._publish(
-            Kind.STARTUP,
-            {
-                "event_type": "device_startup",
-                "serial": self.key,
-                "provision_token": self.keys.device_startup_token(self.key, ts, nonce),
-                "firmware": self.firmware,
-                "device_type": self.device_type,
-                "timestamp": ts,
-                "nonce": nonce,
-                "clock_drift_s": 0,
-            },
+        body = startup_body(
+            self.keys,
+            self.key,
+            firmware=self.firmware,
+            device_type=self.device_type,
+            clock_drift_s=0,
         )
+        self._publish(Kind.STARTUP, body)
         for target in (self._worker, self._telemetry):
             t = threading.Thread(target=target, name=f"fake-{self.key}", daemon=True)
             t.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from picofleet.core.pgembed import EmbeddedPostgres
-from tests.helpers import free_port
+from tests.helpers import free_port, read_banner
 from tests.release.conftest import VERSION, Bundles, clean_env
 from tests.release.test_bundle import tree_files
 
@@ -143,16 +143,8 @@ def test_migrate_and_up_from_the_wheel(
             cwd=tmp_path,
             env=clean_env(PICOFLEET_LOG_FORMAT="json"),
         )
-        lines: list[str] = []
         try:
-            assert proc.stdout is not None
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                assert line, "hub exited early:\n" + "".join(lines)
-                lines.append(line)
-                if "device credentials" in line:
-                    break
+            lines = read_banner(proc, 120)
             banner = "".join(lines)
             assert "picofleet hub is up" in banner and f"http://127.0.0.1:{http_port}/" in banner
             health = get_json(f"http://127.0.0.1:{http_port}/health")
