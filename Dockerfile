@@ -20,9 +20,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY release/requirements.lock release/build-constraints.txt ./release/
 COPY picofleet ./picofleet
-COPY bridge ./bridge
-COPY broker ./broker
-COPY picofleet.web ./picofleet.web
 COPY sql ./sql
 COPY pico_w ./pico_w
 COPY pico_usb ./pico_usb
