@@ -214,9 +214,17 @@ def broker_config(
     interval: Annotated[
         float, typer.Option(help="Seconds between DB checks with --watch.", min=0.05)
     ] = 5.0,
+    dynsec_plugin: Annotated[
+        str | None,
+        typer.Option(
+            help="Path of mosquitto_dynamic_security.so where Mosquitto runs [found on this "
+            "machine, else the eclipse-mosquitto image's /usr/lib one]."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Write Mosquitto's config, password file and ACL for this fleet (then SIGHUP it)."""
+    """Write Mosquitto's config, password file, ACL and dynamic-security file for this fleet
+    (then SIGHUP it)."""
     import asyncpg
 
     from picofleet.broker.policy import Policy
@@ -249,6 +257,7 @@ def broker_config(
         extra=extra,
         owner=ids,
         max_packet=settings.mqtt_max_packet_bytes,
+        plugin=dynsec_plugin,
     )
 
     if url is None:

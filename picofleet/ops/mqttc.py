@@ -17,6 +17,8 @@ from typing import Any, Self
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from picofleet.core.credentials import OPERATOR_USER
+
 
 class ConnectFailed(RuntimeError):
     """No session: the broker is unreachable or refused us.
@@ -39,11 +41,18 @@ class Received:
     retain: bool
 
 
+def _default_client_id(username: str) -> str:
+    if username == OPERATOR_USER:
+        return OPERATOR_USER
+    return f"picofleet-ops-{secrets.token_hex(4)}"
+
+
 class BlockingClient:
     """Args:
     host, port: the broker.
     username, password: credentials (operator, hub, or a device's).
-    client_id: default a random ``picofleet-ops-...`` id.
+    client_id: default a random ``picofleet-ops-...`` id; the operator's is its username
+        (a managed Mosquitto binds it: picofleet/broker/mosquitto.py).
     timeout: seconds to wait for CONNACK, SUBACK and PUBACK.
     """
 
@@ -60,7 +69,7 @@ class BlockingClient:
         self.host, self.port, self.timeout = host, port, timeout
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"picofleet-ops-{secrets.token_hex(4)}",
+            client_id=client_id or _default_client_id(username),
             clean_session=True,
             protocol=paho.MQTTv311,
         )

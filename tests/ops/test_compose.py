@@ -644,9 +644,11 @@ async def test_broker_config_writes_files_mosquitto_accepts(
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
     users = {line.split(":", 1)[0] for line in passwd.read_text().splitlines()}
     assert users == {"AI-ABCDE1", "7", "bench-1"}
-    assert stat.S_IMODE((out / "passwd-hub").stat().st_mode) == 0o600
-    staff = {line.split(":", 1)[0] for line in (out / "passwd-hub").read_text().splitlines()}
-    assert staff == {HUB_USER, OPERATOR_USER}
+    dynsec = out / mosquitto.DYNSEC_FILE
+    assert stat.S_IMODE(dynsec.stat().st_mode) == 0o600
+    staff = {c["username"]: c for c in json.loads(dynsec.read_text())["clients"]}
+    assert set(staff) == {HUB_USER, OPERATOR_USER}
+    assert staff[OPERATOR_USER]["clientid"] == OPERATOR_USER and "clientid" not in staff[HUB_USER]
 
     async with mosquitto.ManagedMosquitto(out / "mosquitto.conf", port=port):
         good = keys.device_password("AI-ABCDE1")
@@ -665,7 +667,7 @@ async def test_broker_config_writes_files_mosquitto_accepts(
 
         # The ACL generated from the device table: a numeric (legacy) sender may use the
         # ingest topic. tests/security/test_broker_matrix.py covers the rest of the policy.
-        op = Client(port + 1, OPERATOR_USER, keys.role_password(OPERATOR_USER))
+        op = Client(port + 1, OPERATOR_USER, keys.role_password(OPERATOR_USER), OPERATOR_USER)
         dev = Client(port, "AI-ABCDE1", good)
         legacy = Client(port, "7", keys.device_password("7"))
         for c in (op, dev, legacy):
