@@ -83,10 +83,15 @@ class BlockingClient:
         self.messages: queue.Queue[Received] = queue.Queue(maxsize=10000)
         self.dropped = 0
         self._open = False
+        self._filters: list[tuple[str, int]] = []
 
-    def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._rc = rc
         self._connack.set()
+        if self._filters and not rc.is_failure:
+            # paho reconnects by itself with a clean session: subscribe again. (Another
+            # operator tool connecting under the operator's one client id drops this one.)
+            c.subscribe(self._filters)
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: Any, _rcs: Any, _p: Any) -> None:
         self._suback.set()
@@ -120,7 +125,8 @@ class BlockingClient:
 
     def subscribe(self, filters: list[str], qos: int = 0) -> None:
         self._suback.clear()
-        self._client.subscribe([(f, qos) for f in filters])
+        self._filters = [(f, qos) for f in filters]
+        self._client.subscribe(self._filters)
         if not self._suback.wait(self.timeout):
             raise TimeoutError(f"no SUBACK within {self.timeout:g} s")
 
