@@ -39,10 +39,14 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from picofleet import cli
+from picofleet.broker import mosquitto
+from picofleet.broker.policy import Policy
 from picofleet.core import db
 from picofleet.core.buildinfo import COMMIT_ENV
 from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.core.files import replace_file
 from picofleet.core.settings import Settings
+from picofleet.core.topics import Topics
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.helpers import SECRET, Client, check_schema, free_port, wait_for
 
@@ -612,8 +616,8 @@ async def add_device(db_url: str, key: str, *, blocked: bool = False) -> None:
         await conn.close()
 
 
-def can_connect(port: int, user: str, password: str) -> bool:
-    client = Client(port, user, password)
+def can_connect(port: int, user: str, password: str, client_id: str = "") -> bool:
+    client = Client(port, user, password, client_id)
     ok = client.connect(timeout=5)
     if ok:
         client.close()
@@ -623,8 +627,6 @@ def can_connect(port: int, user: str, password: str) -> bool:
 async def test_broker_config_writes_files_mosquitto_accepts(
     db_url: str, tmp_path: Path, keys: FleetKeys
 ) -> None:
-    from picofleet.broker import mosquitto
-
     need(mosquitto_available(), "mosquitto")
     await add_device(db_url, "AI-ABCDE1")
     await add_device(db_url, "7")  # a legacy numeric sender: may publish on picofleet/ingest
@@ -744,6 +746,22 @@ async def test_mosquitto_reloads_as_devices_are_registered(
         # Still the same Mosquitto: it was reloaded, not restarted.
         assert runner.poll() is None and watcher.poll() is None
 
+        # The staff's logins change with the fleet secret (what broker-config writes after a
+        # rotation): the plugin reads its file only at start, so run.sh restarts Mosquitto.
+        rotated = FleetKeys(b"r" * 32)
+        staff = out / mosquitto.DYNSEC_FILE
+        policy = Policy(Topics("picofleet"), rotated)
+        await asyncio.to_thread(replace_file, staff, mosquitto.staff_dynsec(policy))
+        op = rotated.role_password(OPERATOR_USER)
+
+        async def restarted() -> bool:
+            return await asyncio.to_thread(can_connect, port + 1, OPERATOR_USER, op, OPERATOR_USER)
+
+        await wait_for(restarted, timeout=30)
+        assert not await asyncio.to_thread(
+            can_connect, port + 1, OPERATOR_USER, keys.role_password(OPERATOR_USER), OPERATOR_USER
+        )
+
         # `docker compose stop`: SIGTERM reaches Mosquitto through run.sh; both end cleanly.
         for proc in (runner, watcher):
             proc.send_signal(signal.SIGTERM)
@@ -752,4 +770,4 @@ async def test_mosquitto_reloads_as_devices_are_registered(
         assert not await listening()
     finally:
         text = log.read_text(errors="replace")
-    assert "reloading mosquitto" in text, text
+    assert "reloading mosquitto" in text and "restarting mosquitto" in text, text
