@@ -66,6 +66,13 @@ async def test_a_device_blocked_in_the_table_is_disconnected(
             await wait_for(sentinel, timeout=10)
             await asyncio.sleep(0.2)
             assert await rows_of(pool, bad) == 1
+            # The reload that cut the device left the hub's listener as it was: the operator
+            # gets in under its own client id only.
+            op = hub.keys.role_password(OPERATOR_USER)
+            for client_id, admitted in ((OPERATOR_USER, True), ("laptop-2", False)):
+                peer = Peer(s.hub_mqtt_port, OPERATOR_USER, op, client_id=client_id)
+                assert await peer.connect() is admitted, client_id
+                peer.close()
         finally:
             dev.close()
             ok.close()
