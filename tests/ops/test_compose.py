@@ -49,6 +49,7 @@ from picofleet.core.settings import Settings
 from picofleet.core.topics import Topics
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.helpers import SECRET, Client, check_schema, free_port, wait_for
+from tests.security.peers import Peer
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -736,13 +737,20 @@ async def test_mosquitto_reloads_as_devices_are_registered(
 
         await add_device(db_url, key)
         await wait_for(lambda: asyncio.to_thread(can_connect, port, key, password), timeout=30)
+        held = Peer(port, key, password)
+        assert await held.connect()
 
         await add_device(db_url, key, blocked=True)
 
         async def refused() -> bool:
             return not await asyncio.to_thread(can_connect, port, key, password)
 
+        async def cut() -> bool:
+            return held.disconnects > 0
+
         await wait_for(refused, timeout=30)
+        await wait_for(cut, timeout=5)  # the reload also closed the connection it held
+        held.close()
         # Still the same Mosquitto: it was reloaded, not restarted.
         assert runner.poll() is None and watcher.poll() is None
 
