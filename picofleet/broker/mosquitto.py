@@ -143,6 +143,25 @@ def staff_dynsec(policy: Policy, previous: str | None = None) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
+def device_auth(directory: Path) -> str:
+    """The auth lines of a devices' listener (after its ``listener`` line)."""
+    return f"""allow_anonymous false
+use_username_as_clientid true
+password_file {directory / "passwd"}
+acl_file {directory / "acl"}
+"""
+
+
+def staff_auth(directory: Path, plugin: str | None = None) -> str:
+    """The auth lines of a listener for the hub and operators (after its ``listener`` line).
+    Every such listener loads the plugin on the same file (Mosquitto shares its state)."""
+    return f"""allow_anonymous false
+# The hub and the operator, their ACLs, and the operator bound to its client id.
+plugin {plugin or dynsec_plugin()}
+plugin_opt_config_file {directory / DYNSEC_FILE}
+"""
+
+
 def write_config(
     directory: Path,
     policy: Policy,
@@ -207,18 +226,10 @@ log_type notice
 # take over (and, with a clean session, wipe) another client's session: the bridge's
 # persistent session and the messages queued in it above all.
 listener {port} {bind}
-allow_anonymous false
-use_username_as_clientid true
-password_file {directory / "passwd"}
-acl_file {directory / "acl"}
-
+{device_auth(directory)}
 # The hub (bridge replicas, each with its own client id) and operators.
 listener {hub_port} {hub_bind}
-allow_anonymous false
-# The hub and the operator, their ACLs, and the operator bound to its client id.
-plugin {plugin or dynsec_plugin()}
-plugin_opt_config_file {staff}
-"""
+{staff_auth(directory, plugin)}"""
     replace_file(directory / "mosquitto.conf", conf)
     return directory / "mosquitto.conf"
 
