@@ -5,14 +5,21 @@ hub can take the bridge's client id (its persistent session) with credentials of
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
+import stat
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from picofleet.broker import access
-from picofleet.core.credentials import OPERATOR_USER
+from picofleet.broker import access, mosquitto
+from picofleet.broker.policy import Policy
+from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
 from picofleet.core.settings import Settings
+from picofleet.core.topics import Topics
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.helpers import wait_for
 from tests.security.peers import Peer
@@ -113,3 +120,30 @@ async def test_the_bridge_client_id_cannot_be_taken(
         finally:
             intruder.close()
             dev.close()
+
+
+def test_the_staff_file_changes_only_with_the_secret(tmp_path: Path, policy: Policy) -> None:
+    """dynamic-security.json holds salted PBKDF2-SHA512 hashes (never a password), 0600, and a
+    rewrite for other devices leaves it byte for byte (compose's run.sh restarts Mosquitto
+    when it changes)."""
+
+    def write(p: Policy, devices: list[str]) -> bytes:
+        mosquitto.write_config(
+            tmp_path, p, device_keys=devices, bind="127.0.0.1", port=1, hub_port=2
+        )
+        return (tmp_path / mosquitto.DYNSEC_FILE).read_bytes()
+
+    first = write(policy, ["AI-STAF01"])
+    assert write(policy, ["AI-STAF01", "AI-STAF02"]) == first
+    assert stat.S_IMODE((tmp_path / mosquitto.DYNSEC_FILE).stat().st_mode) == 0o600
+    clients = {c["username"]: c for c in json.loads(first)["clients"]}
+    assert set(clients) == {HUB_USER, OPERATOR_USER}
+    for user, c in clients.items():
+        password = policy.keys.role_password(user)
+        assert password.encode() not in first
+        digest = hashlib.pbkdf2_hmac(
+            "sha512", password.encode(), base64.b64decode(c["salt"]), c["iterations"]
+        )
+        assert base64.b64decode(c["password"]) == digest
+    rotated = Policy(Topics("picofleet"), FleetKeys(b"r" * 32))
+    assert write(rotated, ["AI-STAF01"]) != first
