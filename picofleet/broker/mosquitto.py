@@ -143,6 +143,14 @@ def staff_dynsec(policy: Policy, previous: str | None = None) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
+def admitted(policy: Policy, device_keys: Iterable[str]) -> list[str]:
+    """The devices Mosquitto lists: not blocked, and not keyed like the hub's client ids (the
+    devices' listener makes the key the client id, which would take over the bridge's)."""
+    return sorted(
+        k for k in set(device_keys) if k not in policy.blocked and policy.may_use_client_id(k, k)
+    )
+
+
 def device_auth(directory: Path) -> str:
     """The auth lines of a devices' listener (after its ``listener`` line)."""
     return f"""allow_anonymous false
@@ -189,8 +197,7 @@ def write_config(
     current, previous, moved = policy.keys, policy.keys.grace_keys(), set(renewed)
     devices = [
         (k, (current if previous is None or k in moved else previous).device_password(k))
-        for k in device_keys
-        if k not in policy.blocked
+        for k in admitted(policy, device_keys)
     ]
     replace_file(directory / "passwd", "".join(f"{u}:{password_hash(p)}\n" for u, p in devices))
     replace_file(directory / "acl", policy.mosquitto_acl(device_keys))

@@ -61,7 +61,7 @@ class BrokerFiles:
             names = ("passwd", "acl", mosquitto.DYNSEC_FILE)
             for path in (self.out, conf, *(self.out / f for f in names)):
                 os.chown(path, *self.owner)
-        return keys - self.policy.blocked
+        return set(mosquitto.admitted(self.policy, keys))
 
 
 async def sync(

@@ -227,7 +227,7 @@ def broker_config(
     (then SIGHUP it)."""
     import asyncpg
 
-    from picofleet.broker.policy import Policy
+    from picofleet.broker.policy import Policy, hub_client_ids
     from picofleet.core.runtime import install_signals
     from picofleet.core.topics import valid_device_key
     from picofleet.ops.broker_files import BrokerFiles, sync
@@ -250,7 +250,7 @@ def broker_config(
         raise CommandError("--watch follows the device table: set PICOFLEET_DATABASE_URL")
     files = BrokerFiles(
         out=out.expanduser().absolute(),  # the conf names passwd and acl by absolute path
-        policy=Policy(Topics(settings.topic_prefix), keys),
+        policy=Policy(Topics(settings.topic_prefix), keys, hub_client_ids=hub_client_ids(settings)),
         bind=bind,
         port=port,
         hub_port=hub_port or port + 1,

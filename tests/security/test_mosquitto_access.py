@@ -85,14 +85,16 @@ async def test_a_device_blocked_in_the_table_is_disconnected(
             ok.close()
 
 
-@pytest.mark.parametrize("who", ["operator", "device"])
+@pytest.mark.parametrize("who", ["operator", "device", "device keyed as the bridge"])
 async def test_the_bridge_client_id_cannot_be_taken(
     who: str, settings: Settings, pool: asyncpg.Pool
 ) -> None:
     """A client with credentials of its own asking for the bridge's exact client id does not
-    kick the bridge: the bridge keeps its session and the rows keep landing."""
+    kick the bridge: the bridge keeps its session and the rows keep landing. A device's client
+    id is its key there, so a device registered under the bridge's id is not admitted."""
     need(mosquitto_available(), "mosquitto")
-    dev_key, intruder_key = "AI-KEEP01", "AI-INTR02"
+    dev_key = "AI-KEEP01"
+    intruder_key = settings.bridge_client_id if who.endswith("bridge") else "AI-INTR02"
     await pool.execute("INSERT INTO device (device_key) VALUES ($1), ($2)", dev_key, intruder_key)
     s = settings.model_copy(update={"broker": "mosquitto"})
     async with running_hub(s) as hub:
@@ -104,8 +106,8 @@ async def test_the_bridge_client_id_cannot_be_taken(
         dev = Peer(s.mqtt_port, dev_key, hub.keys.device_password(dev_key))
         try:
             took = await intruder.connect()
-            if who == "operator":
-                assert not took, "the operator was admitted under the bridge's client id"
+            if who != "device":  # a device gets in, as itself
+                assert not took, f"{who} was admitted under the bridge's client id"
             assert await dev.connect()
             for seq in range(1, 21):
                 body = f'{{"v":1,"seq":{seq},"readings":[]}}'.encode()
