@@ -32,8 +32,9 @@ from tests.security.peers import Peer
 
 P = "picofleet"
 A, B, BLOCKED, LEGACY, NEW = "AI-DEVA01", "AI-DEVB02", "AI-BLOCK3", "42", "AI-NEW099"
+BRIDGE_KEYED = "picofleet-bridge-7"  # a valid device key, in the hub's client-id prefix
 # Mosquitto knows only provisioned devices (its password file); the blocked one is left out.
-PROVISIONED = [A, B, BLOCKED, LEGACY]
+PROVISIONED = [A, B, BLOCKED, LEGACY, BRIDGE_KEYED]
 ANON = "<anonymous>"
 BOTH = ("amqtt", "mosquitto")
 
@@ -114,6 +115,12 @@ MATRIX: list[Cell] = [
         OPERATOR_USER,
         {"amqtt": True, "mosquitto": False},
         client_id="laptop-1",
+    ),
+    # Mosquitto's devices' listener makes the key the client id, so a device keyed in the
+    # hub's prefix would be the bridge: it is left out of the password file. amqtt gives it a
+    # client id of its own.
+    Cell(
+        "device keyed like the bridge", "connect", BRIDGE_KEYED, {"amqtt": True, "mosquitto": False}
     ),
     # -- device publishes: only its own inbound topics ----------------------------------------
     pub(A, "{p}/devices/{A}/telemetry", True),
