@@ -65,8 +65,8 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
         lines.append(f"  public     {endpoints.public_url(settings)}  (devices, artifact URLs)")
     lines += [
         "  tail every topic:",
-        f"    mosquitto_sub -h {host} -p {ep.operator_port or ep.mqtt_port} -u {OPERATOR_USER}"
-        f" -P {op} "
+        f"    mosquitto_sub -h {host} -p {ep.operator_port or ep.mqtt_port}"
+        f" -i {OPERATOR_USER} -u {OPERATOR_USER} -P {op} "
         f"-v -t '{topics.prefix}/#'",
         "  device credentials: picofleet creds device KEY",
     ]

@@ -1,10 +1,22 @@
-"""Mosquitto for production: config, password file and ACL generated from the same policy.
+"""Mosquitto for production: config, password file, ACL and dynamic-security file generated
+from the same policy.
 
-Mosquitto stores no derived passwords, so the password files list the hub and the operator
-(``passwd-hub``, for the hub's listener) and every known device (``passwd``, for the devices'
-listener) (PBKDF2-SHA512, Mosquitto's ``$7$`` format); regenerate it and send SIGHUP
-when devices are added. Persistence and queue limits are set so the hub's persistent session
-never loses a message silently.
+Two listeners. Devices log in on theirs with the password file ``passwd`` (every known
+device: Mosquitto stores no derived passwords; PBKDF2-SHA512, Mosquitto's ``$7$`` format) and
+the ACL ``acl``; the listener replaces every client id with the username. Regenerate the files
+and send SIGHUP when devices are added or blocked: on a reload Mosquitto checks every open
+connection against the new password file, so a blocked device (left out of it) is cut at once.
+
+The hub and operators log in on their own listener through Mosquitto's dynamic security
+plugin (``dynamic-security.json``): it binds the operator to its client id (its username), so
+nobody but the hub can take a client id the hub's sessions hold (the bridge's persistent
+session above all). The plugin reads its file once, at start; the staff passwords in it change
+only with the fleet secret, and a rewrite keeps each salted hash that still matches, so an
+unchanged file stays byte for byte the same (deploy/mosquitto/run.sh restarts Mosquitto when
+it does change).
+
+Persistence and queue limits are set so the hub's persistent session never loses a message
+silently.
 
 During the grace period of a fleet-secret rotation Mosquitto still holds one password per
 user (a second line for a user replaces the first), so each device is listed with the
@@ -18,8 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import getpass
 import hashlib
+import hmac
+import json
 import secrets
 import shutil
 import signal
@@ -35,7 +50,12 @@ from picofleet.core.credentials import HUB_USER, OPERATOR_USER
 from picofleet.core.files import replace_file
 from picofleet.core.settings import MQTT_MAX_PACKET_BYTES
 
-_ITERATIONS = 101  # mosquitto_passwd's default for $7$
+_ITERATIONS = 101  # mosquitto_passwd's default for $7$ (and the dynamic security plugin's)
+_SALT_BYTES = 12  # the only salt length Mosquitto accepts
+DYNSEC_FILE = "dynamic-security.json"
+_DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+# Where the eclipse-mosquitto image has it (compose.yaml), when this machine has none.
+IMAGE_DYNSEC_PLUGIN = f"/usr/lib/{_DYNSEC_PLUGIN}"
 
 
 class MosquittoUnavailable(RuntimeError):
@@ -46,6 +66,108 @@ def password_hash(password: str, *, salt: bytes | None = None) -> str:
     salt = salt or secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _ITERATIONS)
     return f"$7${_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def dynsec_password(
+    password: str, *, salt: bytes | None = None, iterations: int = _ITERATIONS
+) -> dict[str, str | int]:
+    """A client's password as the dynamic security plugin stores it: salted PBKDF2-SHA512."""
+    salt = salt or secrets.token_bytes(_SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": iterations,
+    }
+
+
+def _stored_password(entry: object, password: str) -> dict[str, str | int] | None:
+    """``entry``'s hash fields when they are ``password``'s, else None."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        salt = base64.b64decode(entry["salt"], validate=True)
+        iterations = int(entry["iterations"])
+        theirs = str(entry["password"])
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return None
+    if len(salt) != _SALT_BYTES or not 0 < iterations <= 10 * _ITERATIONS:
+        return None
+    mine = dynsec_password(password, salt=salt, iterations=iterations)
+    return mine if hmac.compare_digest(str(mine["password"]), theirs) else None
+
+
+def dynsec_plugin() -> str:
+    """The dynamic security plugin on this machine (Debian's multiarch lib dir, /usr/lib,
+    /usr/local/lib), else where the eclipse-mosquitto image has it."""
+    found = [
+        *sorted(Path("/usr/lib").glob(f"*/{_DYNSEC_PLUGIN}")),
+        *(Path(d) / _DYNSEC_PLUGIN for d in ("/usr/lib", "/usr/local/lib")),
+    ]
+    return next((str(p) for p in found if p.is_file()), IMAGE_DYNSEC_PLUGIN)
+
+
+def staff_dynsec(policy: Policy, previous: str | None = None) -> str:
+    """dynamic-security.json for the hub's listener: the hub (any client id) and the operator
+    (bound to its username as client id), with the current secret's passwords.
+
+    ``previous``: the file as it is; a hash in it that still matches is kept (no new salt), so
+    the text only changes when a password does."""
+    try:
+        old = {c.get("username"): c for c in json.loads(previous or "{}").get("clients", [])}
+    except (ValueError, AttributeError, TypeError):
+        old = {}
+    roles = policy.dynsec_roles()
+    clients = []
+    for user in (HUB_USER, OPERATOR_USER):
+        password = policy.keys.role_password(user)
+        client: dict[str, object] = {"username": user, "textname": f"picofleet {user}"}
+        if user != HUB_USER:
+            # The hub's sessions use many client ids (bridge replicas, tools); everyone else
+            # gets one, so no one else can take over a session the hub holds.
+            client["clientid"] = user
+        client["roles"] = [{"rolename": user}]
+        client |= _stored_password(old.get(user), password) or dynsec_password(password)
+        clients.append(client)
+    doc = {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": clients,
+        "groups": [],
+        "roles": [{"rolename": name, "acls": acls} for name, acls in roles.items()],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def admitted(policy: Policy, device_keys: Iterable[str]) -> list[str]:
+    """The devices Mosquitto lists: not blocked, and not keyed like the hub's client ids (the
+    devices' listener makes the key the client id, which would take over the bridge's)."""
+    return sorted(
+        k for k in set(device_keys) if k not in policy.blocked and policy.may_use_client_id(k, k)
+    )
+
+
+def device_auth(directory: Path) -> str:
+    """The auth lines of a devices' listener (after its ``listener`` line)."""
+    return f"""allow_anonymous false
+use_username_as_clientid true
+password_file {directory / "passwd"}
+acl_file {directory / "acl"}
+"""
+
+
+def staff_auth(directory: Path, plugin: str | None = None) -> str:
+    """The auth lines of a listener for the hub and operators (after its ``listener`` line).
+    Every such listener loads the plugin on the same file (Mosquitto shares its state)."""
+    return f"""allow_anonymous false
+# The hub and the operator, their ACLs, and the operator bound to its client id.
+plugin {plugin or dynsec_plugin()}
+plugin_opt_config_file {directory / DYNSEC_FILE}
+"""
 
 
 def write_config(
@@ -59,29 +181,31 @@ def write_config(
     hub_bind: str | None = None,
     renewed: Iterable[str] = (),
     max_packet: int = MQTT_MAX_PACKET_BYTES,
+    plugin: str | None = None,
 ) -> Path:
-    """Write mosquitto.conf, passwd, passwd-hub and acl into ``directory``; returns the conf.
+    """Write mosquitto.conf, passwd, acl and dynamic-security.json into ``directory``;
+    returns the conf.
 
     Two listeners: devices on ``port`` (password file ``passwd``), the hub and operators on
-    ``hub_port`` (``passwd-hub``; bound like ``bind`` unless ``hub_bind`` says otherwise).
+    ``hub_port`` (the dynamic security plugin, at ``plugin`` or found here; bound like
+    ``bind`` unless ``hub_bind`` says otherwise).
     ``renewed``: devices listed with the current secret's password while a rotation's grace
     period runs (every other device keeps the previous secret's until the grace ends).
     """
     directory.mkdir(parents=True, exist_ok=True)
     device_keys = sorted(set(device_keys))
     current, previous, moved = policy.keys, policy.keys.grace_keys(), set(renewed)
-    staff = [
-        (HUB_USER, current.role_password(HUB_USER)),
-        (OPERATOR_USER, current.role_password(OPERATOR_USER)),
-    ]
     devices = [
         (k, (current if previous is None or k in moved else previous).device_password(k))
-        for k in device_keys
-        if k not in policy.blocked
+        for k in admitted(policy, device_keys)
     ]
-    for name, users in (("passwd", devices), ("passwd-hub", staff)):
-        replace_file(directory / name, "".join(f"{u}:{password_hash(p)}\n" for u, p in users))
+    replace_file(directory / "passwd", "".join(f"{u}:{password_hash(p)}\n" for u, p in devices))
     replace_file(directory / "acl", policy.mosquitto_acl(device_keys))
+    staff = directory / DYNSEC_FILE
+    before = staff.read_text() if staff.exists() else None
+    if (text := staff_dynsec(policy, before)) != before:
+        replace_file(staff, text)
+    (directory / "passwd-hub").unlink(missing_ok=True)  # the staff's file before the plugin
     hub_bind = bind if hub_bind is None else hub_bind
     conf = f"""# GENERATED by picofleet (broker/mosquitto.py) - DO NOT MODIFY; regenerate with
 # `picofleet up --broker mosquitto` or `picofleet broker config`.
@@ -109,17 +233,10 @@ log_type notice
 # take over (and, with a clean session, wipe) another client's session: the bridge's
 # persistent session and the messages queued in it above all.
 listener {port} {bind}
-allow_anonymous false
-use_username_as_clientid true
-password_file {directory / "passwd"}
-acl_file {directory / "acl"}
-
+{device_auth(directory)}
 # The hub (bridge replicas, each with its own client id) and operators.
 listener {hub_port} {hub_bind}
-allow_anonymous false
-password_file {directory / "passwd-hub"}
-acl_file {directory / "acl"}
-"""
+{staff_auth(directory, plugin)}"""
     replace_file(directory / "mosquitto.conf", conf)
     return directory / "mosquitto.conf"
 

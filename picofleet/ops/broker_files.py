@@ -6,7 +6,9 @@ own (compose.yaml), ``picofleet broker config --watch`` does, and whatever runs 
 sends it SIGHUP when the files change (deploy/mosquitto/run.sh). Files are rewritten only when
 the set of admitted devices (or a rotation's grace period) changes: each write salts the
 hashes anew, so unchanged files rewritten would look like a change and reload the broker for
-nothing. During a fleet-secret rotation the files follow the hub's own rule (picofleet.hub
+nothing. The staff's dynamic-security.json keeps its hashes while they match (it changes only
+with the fleet secret; run.sh restarts Mosquitto then, as the plugin reads it only at start).
+During a fleet-secret rotation the files follow the hub's own rule (picofleet.hub
 ``renewed_devices``): devices not yet renewed keep the previous secret's password until the
 grace period ends.
 """
@@ -28,7 +30,8 @@ from picofleet.core.settings import MQTT_MAX_PACKET_BYTES, Settings
 
 @dataclass
 class BrokerFiles:
-    """mosquitto.conf, passwd, passwd-hub and acl in ``out`` for the devices admitted."""
+    """mosquitto.conf, passwd, acl and dynamic-security.json in ``out`` for the devices
+    admitted."""
 
     out: Path
     policy: Policy
@@ -38,6 +41,7 @@ class BrokerFiles:
     extra: frozenset[str] = frozenset()  # admitted besides the database's (--device)
     owner: tuple[int, int] | None = None  # chown to the broker's uid:gid
     max_packet: int = MQTT_MAX_PACKET_BYTES  # settings.mqtt_max_packet_bytes
+    plugin: str | None = None  # the dynamic security plugin where Mosquitto runs [found here]
 
     def write(self, active: set[str], renewed: frozenset[str] = frozenset()) -> set[str]:
         """Write the files for ``active`` devices; returns the devices admitted."""
@@ -51,11 +55,13 @@ class BrokerFiles:
             hub_port=self.hub_port,
             renewed=renewed,
             max_packet=self.max_packet,
+            plugin=self.plugin,
         )
         if self.owner is not None:
-            for path in (self.out, conf, *(self.out / f for f in ("passwd", "passwd-hub", "acl"))):
+            names = ("passwd", "acl", mosquitto.DYNSEC_FILE)
+            for path in (self.out, conf, *(self.out / f for f in names)):
                 os.chown(path, *self.owner)
-        return keys - self.policy.blocked
+        return set(mosquitto.admitted(self.policy, keys))
 
 
 async def sync(

@@ -214,12 +214,20 @@ def broker_config(
     interval: Annotated[
         float, typer.Option(help="Seconds between DB checks with --watch.", min=0.05)
     ] = 5.0,
+    dynsec_plugin: Annotated[
+        str | None,
+        typer.Option(
+            help="Path of mosquitto_dynamic_security.so where Mosquitto runs [found on this "
+            "machine, else the eclipse-mosquitto image's /usr/lib one]."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Write Mosquitto's config, password file and ACL for this fleet (then SIGHUP it)."""
+    """Write Mosquitto's config, password file, ACL and dynamic-security file for this fleet
+    (then SIGHUP it)."""
     import asyncpg
 
-    from picofleet.broker.policy import Policy
+    from picofleet.broker.policy import Policy, hub_client_ids
     from picofleet.core.runtime import install_signals
     from picofleet.core.topics import valid_device_key
     from picofleet.ops.broker_files import BrokerFiles, sync
@@ -242,13 +250,14 @@ def broker_config(
         raise CommandError("--watch follows the device table: set PICOFLEET_DATABASE_URL")
     files = BrokerFiles(
         out=out.expanduser().absolute(),  # the conf names passwd and acl by absolute path
-        policy=Policy(Topics(settings.topic_prefix), keys),
+        policy=Policy(Topics(settings.topic_prefix), keys, hub_client_ids=hub_client_ids(settings)),
         bind=bind,
         port=port,
         hub_port=hub_port or port + 1,
         extra=extra,
         owner=ids,
         max_packet=settings.mqtt_max_packet_bytes,
+        plugin=dynsec_plugin,
     )
 
     if url is None:

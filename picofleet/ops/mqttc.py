@@ -17,6 +17,8 @@ from typing import Any, Self
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from picofleet.core.credentials import OPERATOR_USER
+
 
 class ConnectFailed(RuntimeError):
     """No session: the broker is unreachable or refused us.
@@ -39,11 +41,18 @@ class Received:
     retain: bool
 
 
+def _default_client_id(username: str) -> str:
+    if username == OPERATOR_USER:
+        return OPERATOR_USER
+    return f"picofleet-ops-{secrets.token_hex(4)}"
+
+
 class BlockingClient:
     """Args:
     host, port: the broker.
     username, password: credentials (operator, hub, or a device's).
-    client_id: default a random ``picofleet-ops-...`` id.
+    client_id: default a random ``picofleet-ops-...`` id; the operator's is its username
+        (a managed Mosquitto binds it: picofleet/broker/mosquitto.py).
     timeout: seconds to wait for CONNACK, SUBACK and PUBACK.
     """
 
@@ -60,7 +69,7 @@ class BlockingClient:
         self.host, self.port, self.timeout = host, port, timeout
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"picofleet-ops-{secrets.token_hex(4)}",
+            client_id=client_id or _default_client_id(username),
             clean_session=True,
             protocol=paho.MQTTv311,
         )
@@ -74,10 +83,15 @@ class BlockingClient:
         self.messages: queue.Queue[Received] = queue.Queue(maxsize=10000)
         self.dropped = 0
         self._open = False
+        self._filters: list[tuple[str, int]] = []
 
-    def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._rc = rc
         self._connack.set()
+        if self._filters and not rc.is_failure:
+            # paho reconnects by itself with a clean session: subscribe again. (Another
+            # operator tool connecting under the operator's one client id drops this one.)
+            c.subscribe(self._filters)
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: Any, _rcs: Any, _p: Any) -> None:
         self._suback.set()
@@ -111,7 +125,8 @@ class BlockingClient:
 
     def subscribe(self, filters: list[str], qos: int = 0) -> None:
         self._suback.clear()
-        self._client.subscribe([(f, qos) for f in filters])
+        self._filters = [(f, qos) for f in filters]
+        self._client.subscribe(self._filters)
         if not self._suback.wait(self.timeout):
             raise TimeoutError(f"no SUBACK within {self.timeout:g} s")
 

@@ -39,12 +39,17 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from picofleet import cli
+from picofleet.broker import mosquitto
+from picofleet.broker.policy import Policy
 from picofleet.core import db
 from picofleet.core.buildinfo import COMMIT_ENV
 from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.core.files import replace_file
 from picofleet.core.settings import Settings
+from picofleet.core.topics import Topics
 from tests.conftest import mosquitto_available, need, running_hub
 from tests.helpers import SECRET, Client, check_schema, free_port, wait_for
+from tests.security.peers import Peer
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -612,8 +617,8 @@ async def add_device(db_url: str, key: str, *, blocked: bool = False) -> None:
         await conn.close()
 
 
-def can_connect(port: int, user: str, password: str) -> bool:
-    client = Client(port, user, password)
+def can_connect(port: int, user: str, password: str, client_id: str = "") -> bool:
+    client = Client(port, user, password, client_id)
     ok = client.connect(timeout=5)
     if ok:
         client.close()
@@ -623,8 +628,6 @@ def can_connect(port: int, user: str, password: str) -> bool:
 async def test_broker_config_writes_files_mosquitto_accepts(
     db_url: str, tmp_path: Path, keys: FleetKeys
 ) -> None:
-    from picofleet.broker import mosquitto
-
     need(mosquitto_available(), "mosquitto")
     await add_device(db_url, "AI-ABCDE1")
     await add_device(db_url, "7")  # a legacy numeric sender: may publish on picofleet/ingest
@@ -644,9 +647,11 @@ async def test_broker_config_writes_files_mosquitto_accepts(
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
     users = {line.split(":", 1)[0] for line in passwd.read_text().splitlines()}
     assert users == {"AI-ABCDE1", "7", "bench-1"}
-    assert stat.S_IMODE((out / "passwd-hub").stat().st_mode) == 0o600
-    staff = {line.split(":", 1)[0] for line in (out / "passwd-hub").read_text().splitlines()}
-    assert staff == {HUB_USER, OPERATOR_USER}
+    dynsec = out / mosquitto.DYNSEC_FILE
+    assert stat.S_IMODE(dynsec.stat().st_mode) == 0o600
+    staff = {c["username"]: c for c in json.loads(dynsec.read_text())["clients"]}
+    assert set(staff) == {HUB_USER, OPERATOR_USER}
+    assert staff[OPERATOR_USER]["clientid"] == OPERATOR_USER and "clientid" not in staff[HUB_USER]
 
     async with mosquitto.ManagedMosquitto(out / "mosquitto.conf", port=port):
         good = keys.device_password("AI-ABCDE1")
@@ -665,7 +670,7 @@ async def test_broker_config_writes_files_mosquitto_accepts(
 
         # The ACL generated from the device table: a numeric (legacy) sender may use the
         # ingest topic. tests/security/test_broker_matrix.py covers the rest of the policy.
-        op = Client(port + 1, OPERATOR_USER, keys.role_password(OPERATOR_USER))
+        op = Client(port + 1, OPERATOR_USER, keys.role_password(OPERATOR_USER), OPERATOR_USER)
         dev = Client(port, "AI-ABCDE1", good)
         legacy = Client(port, "7", keys.device_password("7"))
         for c in (op, dev, legacy):
@@ -732,15 +737,38 @@ async def test_mosquitto_reloads_as_devices_are_registered(
 
         await add_device(db_url, key)
         await wait_for(lambda: asyncio.to_thread(can_connect, port, key, password), timeout=30)
+        held = Peer(port, key, password)
+        assert await held.connect()
 
         await add_device(db_url, key, blocked=True)
 
         async def refused() -> bool:
             return not await asyncio.to_thread(can_connect, port, key, password)
 
+        async def cut() -> bool:
+            return held.disconnects > 0
+
         await wait_for(refused, timeout=30)
+        await wait_for(cut, timeout=5)  # the reload also closed the connection it held
+        held.close()
         # Still the same Mosquitto: it was reloaded, not restarted.
         assert runner.poll() is None and watcher.poll() is None
+
+        # The staff's logins change with the fleet secret (what broker-config writes after a
+        # rotation): the plugin reads its file only at start, so run.sh restarts Mosquitto.
+        rotated = FleetKeys(b"r" * 32)
+        staff = out / mosquitto.DYNSEC_FILE
+        policy = Policy(Topics("picofleet"), rotated)
+        await asyncio.to_thread(replace_file, staff, mosquitto.staff_dynsec(policy))
+        op = rotated.role_password(OPERATOR_USER)
+
+        async def restarted() -> bool:
+            return await asyncio.to_thread(can_connect, port + 1, OPERATOR_USER, op, OPERATOR_USER)
+
+        await wait_for(restarted, timeout=30)
+        assert not await asyncio.to_thread(
+            can_connect, port + 1, OPERATOR_USER, keys.role_password(OPERATOR_USER), OPERATOR_USER
+        )
 
         # `docker compose stop`: SIGTERM reaches Mosquitto through run.sh; both end cleanly.
         for proc in (runner, watcher):
@@ -750,4 +778,4 @@ async def test_mosquitto_reloads_as_devices_are_registered(
         assert not await listening()
     finally:
         text = log.read_text(errors="replace")
-    assert "reloading mosquitto" in text, text
+    assert "reloading mosquitto" in text and "restarting mosquitto" in text, text

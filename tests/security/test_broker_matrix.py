@@ -32,17 +32,11 @@ from tests.security.peers import Peer
 
 P = "picofleet"
 A, B, BLOCKED, LEGACY, NEW = "AI-DEVA01", "AI-DEVB02", "AI-BLOCK3", "42", "AI-NEW099"
+BRIDGE_KEYED = "picofleet-bridge-7"  # a valid device key, in the hub's client-id prefix
 # Mosquitto knows only provisioned devices (its password file); the blocked one is left out.
-PROVISIONED = [A, B, BLOCKED, LEGACY]
+PROVISIONED = [A, B, BLOCKED, LEGACY, BRIDGE_KEYED]
 ANON = "<anonymous>"
 BOTH = ("amqtt", "mosquitto")
-
-# Known gaps: the cell states the required outcome; these brokers do not meet it yet.
-MOSQUITTO_TAKEOVER = (
-    "Mosquitto 2.0 binds no client id to a user on the hub's listener, where the operator "
-    "connects too (devices are bound: use_username_as_clientid on theirs); the operator's "
-    "credentials are the hub owner's"
-)
 
 
 @dataclass(frozen=True)
@@ -112,7 +106,21 @@ MATRIX: list[Cell] = [
         OPERATOR_USER,
         False,
         client_id="picofleet-bridge-2",
-        gaps={"mosquitto": MOSQUITTO_TAKEOVER},
+    ),
+    # On Mosquitto the operator's client id is its username (the dynamic security plugin
+    # binds it), so it cannot take one the hub's sessions hold; amqtt reserves the hub's prefix.
+    Cell(
+        "operator with a client id of its own choosing",
+        "connect",
+        OPERATOR_USER,
+        {"amqtt": True, "mosquitto": False},
+        client_id="laptop-1",
+    ),
+    # Mosquitto's devices' listener makes the key the client id, so a device keyed in the
+    # hub's prefix would be the bridge: it is left out of the password file. amqtt gives it a
+    # client id of its own.
+    Cell(
+        "device keyed like the bridge", "connect", BRIDGE_KEYED, {"amqtt": True, "mosquitto": False}
     ),
     # -- device publishes: only its own inbound topics ----------------------------------------
     pub(A, "{p}/devices/{A}/telemetry", True),
@@ -148,15 +156,7 @@ MATRIX: list[Cell] = [
     pub(OPERATOR_USER, "{p}/ota/pico_w/stable", False, retain=True),
     pub(OPERATOR_USER, "{p}/hub/status", False, retain=True),
     pub(OPERATOR_USER, "{p}/ingest", False),
-    # Mosquitto applies `pattern` lines to every user, so the operator may write under the
-    # reserved key "operator"; a dead end (the bridge rejects it as invalid_device_key).
-    Cell(
-        "operator publishes under the reserved key operator",
-        "publish",
-        OPERATOR_USER,
-        {"amqtt": False, "mosquitto": True},
-        t("{p}/devices/operator/telemetry"),
-    ),
+    pub(OPERATOR_USER, "{p}/devices/operator/telemetry", False),
     # -- hub: everything ----------------------------------------------------------------------
     pub(HUB_USER, "{p}/ota/pico_w/stable", True, retain=True),
     pub(HUB_USER, "{p}/devices/{A}/ota", True, retain=True),
@@ -214,7 +214,6 @@ MATRIX: list[Cell] = [
         OPERATOR_USER,
         False,
         bridge_id="bridge",
-        gaps={"mosquitto": MOSQUITTO_TAKEOVER},
     ),
 ]
 
@@ -247,6 +246,8 @@ class Ports:
 
 def actor(ports: Ports, keys: FleetKeys, cell: Cell, **kw: Any) -> Peer:
     user = None if cell.who == ANON else cell.who
+    if cell.who == OPERATOR_USER and not kw.get("client_id"):
+        kw["client_id"] = OPERATOR_USER  # the operator's client id is bound to its username
     return Peer(ports.of(cell.who), user, password(keys, cell), **kw)
 
 

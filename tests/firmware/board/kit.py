@@ -116,7 +116,10 @@ async def acks(pool: asyncpg.Pool, key: str) -> dict[str, dict[str, Any]]:
 
 
 def command(hub: RunningHub, body: dict[str, Any], key: str) -> None:
-    op = Client(hub.operator_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER))
+    # The operator's client id is its username (a managed Mosquitto binds it).
+    op = Client(
+        hub.operator_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER), OPERATOR_USER
+    )
     assert op.connect(), "operator could not connect"
     try:
         op.publish(hub.topics.device(key, Kind.CMD), json.dumps(body, ensure_ascii=False))
