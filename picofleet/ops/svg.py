@@ -149,3 +149,37 @@ def stacked_bar(parts: Sequence[tuple[str, int]], *, width: int = 240, height: i
         x += w
     out.append("</svg>")
     return "".join(out)
+
+
+def sparkline(
+    points: Sequence[Point], *, label: str, width: int = 120, height: int = 28, gap_s: float = 0
+) -> str:
+    """A tiny trend line with no axes (the fleet overview); breaks where the time between two
+    points exceeds ``gap_s`` (when set), so a silent device shows a gap, not a slope."""
+    head = (
+        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">'
+        f"<title>{escape(label)}</title>"
+    )
+    pts = sorted((_epoch(t), float(v)) for t, v in points)
+    if len(pts) < 2:
+        return head + "</svg>"
+    tlo, thi = pts[0][0], pts[-1][0]
+    vlo, vhi = _range(min(v for _, v in pts), max(v for _, v in pts))
+
+    def xy(t: float, v: float) -> str:
+        x = 1 + (t - tlo) / (thi - tlo) * (width - 2)
+        y = 1 + (1 - (v - vlo) / (vhi - vlo)) * (height - 2)
+        return f"{x:.1f},{y:.1f}"
+
+    runs: list[list[tuple[float, float]]] = [[pts[0]]]
+    for (t0, _), p in pairwise(pts):
+        if gap_s and p[0] - t0 > gap_s:
+            runs.append([])
+        runs[-1].append(p)
+    lines = "".join(
+        f'<polyline fill="none" points="{" ".join(xy(t, v) for t, v in run)}"/>'
+        for run in runs
+        if len(run) > 1
+    )
+    return head + lines + "</svg>"

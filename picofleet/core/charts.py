@@ -1,0 +1,28 @@
+"""The order series are shown in, everywhere (dashboard, chart API): what an operator looks
+at first comes first, diagnostics (radio, heap, uptime) last, anything else in between."""
+
+from __future__ import annotations
+
+SERIES_FIRST = (
+    "soil_moisture_pct",
+    "pump_on",
+    "pump_runtime_s",
+    "pump_starts",
+    "battery_charge",
+    "supply_v",
+    "temperature_c",
+    "humidity_pct",
+    "platform_extension_mm",
+    "platform_extension_ticks",
+    "platform_height_mm",
+)
+SERIES_LAST = ("rssi_dbm", "uptime_s", "free_mem_bytes")
+
+
+def order_key(name: str) -> tuple[int, int, str]:
+    """Sort key of a record type name."""
+    if name in SERIES_FIRST:
+        return (0, SERIES_FIRST.index(name), name)
+    if name in SERIES_LAST:
+        return (2, SERIES_LAST.index(name), name)
+    return (1, 0, name)
