@@ -100,7 +100,7 @@ ORDER BY 1, 2, 4
 Q_ROLLUP = """
 SELECT d.device_key AS device, r.series AS type, coalesce(t.unit, '') AS unit,
        date_trunc($3, r.hour, 'UTC') AS t,
-       CASE WHEN t.unit = 'bool' THEN max(r.max_value)
+       CASE WHEN coalesce(t.unit, '') = 'bool' THEN max(r.max_value)
             ELSE sum(r.sum_value) / nullif(sum(r.n), 0) END AS v
 FROM rollup_hourly r
 JOIN device d ON d.id = r.device_id

@@ -75,7 +75,7 @@ border-radius:6px;background:var(--card);color:var(--fg);cursor:pointer}
 button:disabled{opacity:.45;cursor:default}button.danger{color:var(--bad)}
 .actions{display:flex;flex-wrap:wrap;gap:.4rem;align-items:center;margin:.3rem 0}
 .result{font-size:.85rem;color:var(--muted);white-space:normal;word-break:break-word}
-.ranges{display:flex;gap:.3rem;flex-wrap:wrap;align-items:center}
+.ranges{display:flex;gap:.3rem .5rem;flex-wrap:wrap;align-items:center}
 .ranges button[aria-pressed=true]{background:var(--accent);color:#fff;border-color:var(--accent)}
 .chart-body{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,520px),1fr));
 gap:.6rem;margin-top:.4rem}
@@ -93,6 +93,11 @@ ul.markers{list-style:none;padding:0;margin:.3rem 0;font-size:.8rem;grid-column:
  justify-content:space-between;align-items:center}
  table.stack td[data-label]::before{content:attr(data-label);color:var(--muted);font-size:.8rem}
  table.stack tr.empty td::before{content:none}
+ table.stack td:empty{display:none}
+ #fleet tr{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));column-gap:1rem}
+ #fleet td:first-child{grid-column:1/-1;font-weight:600;font-size:1rem}
+ #fleet td:first-child::before,#fleet td[data-label=latest]::before{content:none}
+ #fleet td[data-label=latest],#fleet td[data-label="24 h"]{grid-column:1/-1}
 }
 """
 
@@ -425,11 +430,21 @@ def metric_table(name: str, rows: Sequence[dict[str, Any]]) -> str:
 _ROLLOUT_FIELDS = ("version", "device_type", "kind", "channel", "state", "reason", "created_at")
 
 
+def _fact(name: str, value: Any) -> str:
+    """A rollout field; times (ISO text in the row's JSON) as relative times."""
+    if name.endswith("_at") and isinstance(value, str):
+        try:
+            return _time(datetime.fromisoformat(value), relative=True)
+        except ValueError:
+            pass
+    return escape(str(value))
+
+
 def rollout_block(r: dict[str, Any]) -> str:
     ro = r["rollout"]
     rid = ro.get("id", ro.get("rollout_id", ""))
     facts = "".join(
-        f"<dt>{escape(k.replace('_', ' '))}</dt><dd>{escape(str(ro[k]))}</dd>"
+        f"<dt>{escape(k.replace('_', ' '))}</dt><dd>{_fact(k, ro[k])}</dd>"
         for k in _ROLLOUT_FIELDS
         if ro.get(k) is not None
     )
@@ -540,7 +555,7 @@ def charts(series: Sequence[dict[str, Any]]) -> str:
 
 # Device commands (POST /api/devices/{key}/cmd, picofleet.ops.commands): label, JSON body.
 DEVICE_COMMANDS = (
-    ("pump 5 s", {"cmd": "pump", "on": True, "seconds": 5}),
+    ("pump 5 s", {"cmd": "pump", "seconds": 5}),
     ("stop", {"cmd": "stop"}),
     ("reboot", {"cmd": "reboot"}),
 )

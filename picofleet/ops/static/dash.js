@@ -53,11 +53,13 @@
       let body = null;
       try { body = JSON.parse(text); } catch (_) { body = text; }
       if (r.status === 401 || r.status === 403) sessionStorage.removeItem(TOKEN_KEY);
-      if (out) {
-        out.dataset.status = String(r.status);
-        out.textContent = describe(r.status, body);
-      }
+      // The refreshed fragment may hold a new result element: write the outcome after it.
       if (r.ok && btn.dataset.then) await refresh(btn.dataset.then);
+      const shown = $(btn.dataset.out);
+      if (shown) {
+        shown.textContent = describe(r.status, body);
+        shown.dataset.status = String(r.status);
+      }
     } catch (e) {
       if (out) { out.dataset.status = 'error'; out.textContent = String(e); }
     } finally {
@@ -121,7 +123,7 @@
     },
   });
 
-  const drawChart = (host, type, list, markers, width) => {
+  const drawChart = (host, type, list, markers) => {
     const first = list[0];
     const box = document.createElement('div');
     box.className = 'uchart'; box.dataset.type = type;
@@ -130,6 +132,7 @@
       (first.threshold != null ? ' · threshold ' + first.threshold : '');
     box.appendChild(h);
     host.appendChild(box);
+    const width = Math.max(200, box.clientWidth);
     // One aligned table for all devices: missing x of one device is undefined (spanned),
     // a null from the server is a real gap.
     const tables = list.map((s) => [s.points.map((p) => p[0]), s.points.map((p) => p[1])]);
@@ -194,14 +197,26 @@
       const p = document.createElement('p'); p.className = 'muted';
       p.textContent = 'no readings in this range'; out.appendChild(p);
     }
-    const width = Math.max(240, Math.min(out.clientWidth || 600, 1100) - 8);
-    for (const [type, list] of byType) drawChart(out, type, list, chart.markers, width);
+    for (const [type, list] of byType) drawChart(out, type, list, chart.markers);
     markerList(out, chart.markers);
     $$('.ranges button', host).forEach((b) => b.setAttribute('aria-pressed', String(b.dataset.range === range)));
     const src = $('.chart-source', host);
     if (src) src.textContent = 'from ' + chart.source + (chart.source === 'raw' ? ' readings' : ' rollups');
+    host.dataset.since = chart.since;
     host.dataset.ready = range;
   };
+
+  // Charts follow the page width (a phone turned sideways).
+  let resizing = null;
+  window.addEventListener('resize', () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => {
+      for (const box of $$('.uchart')) {
+        const c = (window.picofleetCharts || {})[box.dataset.type];
+        if (c) c.plot.setSize({width: Math.max(200, box.clientWidth), height: 180});
+      }
+    }, 200);
+  });
 
   for (const host of $$('.range-charts')) {
     host.addEventListener('click', (ev) => {
