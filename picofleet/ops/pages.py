@@ -598,8 +598,8 @@ def device_page(
     kv = "".join(f"<dt>{k}</dt><dd>{escape(str(v))}</dd>" for k, v in facts.items())
     kv += (
         f"<dt>last seen</dt><dd>{_time(dev['last_seen'], relative=True)}</dd>"
-        f"<dt>first seen</dt><dd>{_time(dev['first_seen'])}</dd>"
-        f"<dt>provisioned</dt><dd>{_time(dev['provisioned_at'])}</dd>"
+        f"<dt>first seen</dt><dd>{_time(dev['first_seen'], relative=True)}</dd>"
+        f"<dt>provisioned</dt><dd>{_time(dev['provisioned_at'], relative=True)}</dd>"
     )
     status = ""
     if dev.get("status"):

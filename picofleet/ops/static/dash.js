@@ -71,9 +71,10 @@
     if (status === 401 || status === 403) return 'token refused (' + status + '); type it again';
     if (body && typeof body === 'object') {
       if (body.cmd !== undefined) {  // a device command
-        return body.acked
-          ? body.cmd + ' acked by ' + body.device_key + ': ' + JSON.stringify(body.ack)
-          : body.cmd + ' sent, no ack yet (' + status + ')';
+        if (!body.acked) return body.cmd + ' sent, no ack yet (' + status + ')';
+        const a = body.ack || {};
+        return body.cmd + ' acked by ' + body.device_key + ': ' +
+          (a.ok ? 'ok' : 'refused, ' + a.error) + (a.detail ? ' (' + a.detail + ')' : '');
       }
       if (body.detail !== undefined && status >= 400) {
         return status + ': ' + (typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail));
