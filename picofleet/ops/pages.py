@@ -286,6 +286,8 @@ def fleet_rows(devices: Sequence[dict[str, Any]], sparks: Sparks | None = None) 
             reading = f"moisture {_num(d['moisture_pct'])} %"
         if d.get("battery_pct") is not None:
             reading += (" · " if reading else "") + f"battery {_num(d['battery_pct'])} %"
+        if d.get("pump_on") is not None:
+            reading += (" · " if reading else "") + f"pump {'on' if d['pump_on'] else 'off'}"
         spark = ""
         if d["device_key"] in sparks:
             name, points = sparks[d["device_key"]]

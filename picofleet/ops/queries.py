@@ -56,10 +56,12 @@ Q_DEVICES = f"""
 SELECT d.id, d.device_key, d.serial, d.device_type, d.channel, d.firmware, d.state, d.blocked,
        d.first_seen, d.last_seen, d.provisioned_at, d.status, {ONLINE_SQL} AS online,
        b.value AS battery_pct, b.record_time AS battery_at,
-       m.value AS moisture_pct, m.record_time AS moisture_at
+       m.value AS moisture_pct, m.record_time AS moisture_at,
+       pu.value AS pump_on, pu.record_time AS pump_at
 FROM device d
 {_LATEST.format(name="battery_charge", alias="b")}
 {_LATEST.format(name="soil_moisture_pct", alias="m")}
+{_LATEST.format(name="pump_on", alias="pu")}
 """
 
 Q_SERIES = """

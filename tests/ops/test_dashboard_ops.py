@@ -3,9 +3,8 @@ a week of data (SQL, rolled up by the real job), devices that answer over MQTT, 
 halted by real boot-looping devices. Every action goes through the page's buttons with the
 operator token typed once (sessionStorage); the outcome is checked in PostgreSQL.
 
-Screenshots (tests/artifacts/): overview-desktop.png, overview-phone.png,
-device-7d-desktop.png, device-7d-phone.png, pump-acked.png, alert-acked.png,
-rollout-halted.png, rollout-rolled-back.png, rollout-paused.png.
+Screenshots (tests/artifacts/, each as NAME-desktop.png and NAME-phone.png): overview,
+device-7d, pump-acked, alert-acked, rollout-halted, rollout-rolled-back, rollout-paused.
 """
 
 from __future__ import annotations
@@ -47,11 +46,24 @@ async def api(hub: RunningHub) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def _token(browser: Browser, hub: RunningHub) -> None:
-    """What the header's "operator token" prompt stores (a prompt cannot be typed into here)."""
+async def _type_token(browser: Browser, token: str) -> None:
+    """Type the token into the header's prompt, as an operator does once per tab."""
     await browser.js(
-        "sessionStorage.setItem(arguments[0], arguments[1]);", TOKEN_KEY, hub.keys.operator_token
+        "window.prompt = () => arguments[0]; document.getElementById('token').click();", token
     )
+    assert await browser.js(f"return sessionStorage.getItem('{TOKEN_KEY}')") == token
+
+
+async def _both(browser: Browser, name: str, selector: str) -> None:
+    """Screenshots at desktop and phone width with ``selector`` in view; no sideways scroll."""
+    for (width, height), suffix in ((DESKTOP, "desktop"), (PHONE, "phone")):
+        await browser.size(width, height)
+        await browser.js(
+            "document.querySelector(arguments[0]).scrollIntoView({block: 'center'})", selector
+        )
+        assert await browser.js(NO_SIDEWAYS)
+        await browser.screenshot(f"{name}-{suffix}.png")
+    await browser.size(*DESKTOP)
 
 
 async def _charts(browser: Browser, range_: str) -> dict[str, Any]:
@@ -136,7 +148,18 @@ async def test_pump_command_and_alert_acknowledged(
     try:
         await browser.size(*DESKTOP)
         await browser.get(f"{hub.http}/devices/{ACKING_KEY}")
-        await _token(browser, hub)
+        # A wrong token: refused, nothing sent, and forgotten so the next click asks again.
+        await _type_token(browser, "not-the-token")
+        await browser.js("document.querySelector('button[data-action=pump]').click()")
+        refused = await browser.until(
+            "const o = document.getElementById('cmd-result');"
+            "return o.dataset.status === '403' && o.textContent;"
+        )
+        assert refused == "token refused (403); type it again" and dev.commands == []
+        assert await browser.js(f"return sessionStorage.getItem('{TOKEN_KEY}')") is None
+
+        token = hub.keys.operator_token
+        await browser.js("window.prompt = () => arguments[0]", token)
         await browser.js("document.querySelector('button[data-action=pump]').click()")
         result = await browser.until(
             "const o = document.getElementById('cmd-result');"
@@ -149,11 +172,12 @@ async def test_pump_command_and_alert_acknowledged(
             dev.status_topic,
         )
         assert acks == 1
-        await browser.screenshot("pump-acked.png")
+        await _both(browser, "pump-acked", "#commands")
     finally:
         await asyncio.to_thread(dev.close)
 
-    await browser.get(hub.http + "/")
+    await browser.get(hub.http + "/")  # the token is kept for the tab
+    assert await browser.js(f"return sessionStorage.getItem('{TOKEN_KEY}')") == token
     assert await browser.js(f"return !!document.querySelector('#alert-{week.alert_id} button')")
     await browser.js(f"document.querySelector('#alert-{week.alert_id} button').click()")
     await browser.until(
@@ -164,7 +188,7 @@ async def test_pump_command_and_alert_acknowledged(
     )
     row = await pool.fetchrow("SELECT state, acked_at FROM alert WHERE id = $1", week.alert_id)
     assert row["state"] == "open" and row["acked_at"] is not None
-    await browser.screenshot("alert-acked.png")
+    await _both(browser, "alert-acked", "#alerts")
     # The token went in a header only: no request URL carries it.
     urls = await browser.js("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and not any(hub.keys.operator_token in u for u in urls)
@@ -209,7 +233,7 @@ async def test_halted_rollout_buttons(
 
         await browser.size(*DESKTOP)
         await browser.get(hub.http + "/")
-        await _token(browser, hub)
+        await _type_token(browser, hub.keys.operator_token)
         await browser.js("window.confirm = () => true")  # the rollback button asks first
         await _shown_state(browser, ro["id"], "halted")
         enabled = await browser.js(
@@ -223,8 +247,7 @@ async def test_halted_rollout_buttons(
             ["abort", False],
             ["rollback", True],
         ]
-        await browser.js(f"document.getElementById('rollout-{ro['id']}').scrollIntoView()")
-        await browser.screenshot("rollout-halted.png")
+        await _both(browser, "rollout-halted", f"#rollout-{ro['id']}")
 
         status, _ = await _click(browser, ro["id"], "rollback")
         assert status == "201"
@@ -236,7 +259,7 @@ async def test_halted_rollout_buttons(
         )
         assert [(r["version"]) for r in back] == ["1.0.0"]
         await _shown_state(browser, ro["id"], "rolled_back")
-        await browser.screenshot("rollout-rolled-back.png")
+        await _both(browser, "rollout-rolled-back", f"#rollout-{ro['id']}")
     finally:
         await asyncio.to_thread(fleet.stop)
 
@@ -251,4 +274,4 @@ async def test_halted_rollout_buttons(
         )
         await _shown_state(browser, ro2["id"], state)
         if action == "pause":
-            await browser.screenshot("rollout-paused.png")
+            await _both(browser, "rollout-paused", f"#rollout-{ro2['id']}")
