@@ -167,6 +167,7 @@ JS = """
     tr.append(time(d.created_at), td(d.device_key), td(d.version), td(d.state),
               td(d.reason), td(d.source));
     prepend('#deploys tbody', tr, 50);
+    if (!scope) reload('#rollouts-body', '/fragments/rollouts');  // wave progress, state
   });
   es.addEventListener('device', (m) => {
     const d = JSON.parse(m.data);
@@ -485,10 +486,11 @@ def rollout_actions(ro: dict[str, Any]) -> str:
     rid, state = ro.get("id"), ro.get("state")
     if rid is None:
         return ""
-    out = f"#rollout-out-{int(rid)}"
+    out = 'data-out="#rollouts-result" data-then="#rollouts-body"'
+    what = f"rollout {int(rid)}"
     buttons = [
         f'<button type="button" data-act="POST /api/ota/rollouts/{int(rid)}/{name}" '
-        f'data-out="{out}" data-then="#rollouts-body" data-action="{name}"'
+        f'{out} data-what="{what} {name}" data-action="{name}"'
         f"{'' if state in states else ' disabled'}"
         f"{' class=danger' if name == 'abort' else ''}>{name}</button>"
         for name, states in _ROLLOUT_ACTIONS
@@ -497,14 +499,11 @@ def rollout_actions(ro: dict[str, Any]) -> str:
         body = escape(json.dumps({"device_type": ro["device_type"]}))
         buttons.append(
             f'<button type="button" class="danger" data-act="POST /api/ota/rollback" '
-            f'data-body="{body}" data-out="{out}" data-then="#rollouts-body" '
+            f'data-body="{body}" {out} data-what="{what} rollback" '
             f'data-action="rollback" data-confirm="Roll every {escape(ro["device_type"])} '
             f'device back to the previous good release?">rollback</button>'
         )
-    return (
-        f'<div class="actions">{"".join(buttons)}'
-        f'<span class="result" id="rollout-out-{int(rid)}"></span></div>'
-    )
+    return f'<div class="actions">{"".join(buttons)}</div>'
 
 
 def rollouts_body(rollouts: Sequence[dict[str, Any]]) -> str:
@@ -529,8 +528,11 @@ def dashboard(
     ota = ""
     if ota_enabled:
         ota = (
-            '<section id="rollouts"><h2>OTA rollouts</h2><div id="rollouts-body" '
-            f'data-fragment="/fragments/rollouts">{rollouts_body(rollouts)}</div></section>'
+            # The result sits outside the fragment, which live updates replace.
+            '<section id="rollouts"><h2>OTA rollouts</h2>'
+            '<p class="result" id="rollouts-result" aria-live="polite"></p>'
+            '<div id="rollouts-body" data-fragment="/fragments/rollouts">'
+            f"{rollouts_body(rollouts)}</div></section>"
         )
     content = (
         f"<section><h2>Fleet</h2>{fleet_table(devices, sparks)}</section>"

@@ -198,10 +198,13 @@ async def _click(browser: Browser, rollout_id: int, action: str) -> list[str]:
     """Click a rollout's button; [HTTP status, what the page says]."""
     btn = f"#rollout-{rollout_id} button[data-action={action}]"
     await browser.until(f"const b = document.querySelector('{btn}'); return !!b && !b.disabled")
-    await browser.js(f"document.querySelector('{btn}').click()")
+    await browser.js(
+        "const o = document.getElementById('rollouts-result'); o.dataset.status = '';"
+        f"document.querySelector('{btn}').click()"
+    )
     shown: list[str] = await browser.until(
-        f"const o = document.getElementById('rollout-out-{rollout_id}');"
-        "return o && o.dataset.status && o.dataset.status !== 'pending'"
+        "const o = document.getElementById('rollouts-result');"
+        "return o.dataset.status && o.dataset.status !== 'pending'"
         " && [o.dataset.status, o.textContent];"
     )
     return shown
@@ -268,7 +271,8 @@ async def test_halted_rollout_buttons(
     ro2 = await rollout(api, version="1.2.0", waves=[50, 100], timeout_s=600)
     await browser.get(hub.http + "/")
     for action, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
-        assert await _click(browser, ro2["id"], action) == ["200", f"now {state}"]
+        shown = ["200", f"rollout {ro2['id']} {action}: now {state}"]
+        assert await _click(browser, ro2["id"], action) == shown
         assert (
             await pool.fetchval("SELECT state FROM ota_rollout WHERE id = $1", ro2["id"]) == state
         )

@@ -57,7 +57,8 @@
       if (r.ok && btn.dataset.then) await refresh(btn.dataset.then);
       const shown = $(btn.dataset.out);
       if (shown) {
-        shown.textContent = describe(r.status, body);
+        shown.textContent = (btn.dataset.what ? btn.dataset.what + ': ' : '') +
+          describe(r.status, body);
         shown.dataset.status = String(r.status);
       }
     } catch (e) {
@@ -226,5 +227,10 @@
     });
     if (typeof uPlot !== 'undefined') loadCharts(host, host.dataset.range || '1d');
   }
+  // Alerts open and close with the analytics job, rollouts move on their own: refresh both
+  // while the page is in view (deploy events refresh rollouts sooner, see the inline script).
+  setInterval(() => {
+    if (document.visibilityState === 'visible') { refresh('#alerts'); refresh('#rollouts-body'); }
+  }, 30000);
   showToken();
 })();
