@@ -2,13 +2,16 @@
 
     1h, 1d   buckets of the raw facts (15 s, 5 min): the raw window
     7d       the hourly rollups as they are
-    30d      the hourly rollups folded into UTC days (the daily grain of every series)
+    30d      the hourly rollups folded into UTC days (the daily grain of every series), and
+             from the daily rollups the pump's run time per day where the device reports
+             only its relay state (a daily max of ``pump_on`` would say nothing)
 
-Continuous series take the bucket's mean, on/off series (unit ``bool``) its max ("was it on
-in that bucket"), drawn as steps. A gap longer than ``GAP_FACTOR`` times the series' usual
-spacing becomes a ``None`` point, so the chart shows a gap instead of a straight line over
-hours without data. Markers: reboots (startup messages), firmware installs (deploy log) and
-alerts. Thresholds are the alert rules' own settings, so the line is where alerts fire.
+Continuous series take the bucket's mean, amounts (``SUMMED``: run time, starts) its sum,
+on/off series (unit ``bool``) its max ("was it on in that bucket"), drawn as steps. A gap
+longer than ``GAP_FACTOR`` times the series' usual spacing becomes a ``None`` point, so the
+chart shows a gap instead of a straight line over hours without data. Markers: reboots
+(startup messages), firmware installs (deploy log) and alerts. Thresholds are the alert
+rules' own settings, so the line is where alerts fire.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from statistics import median
 import asyncpg
 from pydantic import BaseModel
 
-from picofleet.core.charts import order_key
+from picofleet.core.charts import SUMMED, order_key
 from picofleet.core.topics import Kind, Topics
 
 from ._settings import AnalyticsSettings
@@ -83,11 +86,13 @@ class Chart(BaseModel):
     markers: list[Marker]
 
 
-# $1 since, $2 until, $3 bucket seconds, $4 device key or NULL (the fleet)
+# $1 since, $2 until, $3 bucket seconds, $4 device key or NULL (the fleet), $5 SUMMED
 Q_RAW = """
 SELECT d.device_key AS device, t.name AS type, t.unit,
        to_timestamp(floor(extract(epoch FROM p.record_time) / $3) * $3) AS t,
-       CASE WHEN t.unit = 'bool' THEN max(p.value) ELSE avg(p.value) END AS v
+       CASE WHEN t.unit = 'bool' THEN max(p.value)
+            WHEN t.name = ANY($5::text[]) THEN sum(p.value)
+            ELSE avg(p.value) END AS v
 FROM processed_record p
 JOIN device d ON d.id = p.device_id
 JOIN record_type t ON t.id = p.record_type_id
@@ -97,19 +102,33 @@ GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 4
 """
 # Rollup series are named after their record type (ticks become mm through the divisor).
+# $3 'hour' or 'day', $6 series left out at this grain
 Q_ROLLUP = """
 SELECT d.device_key AS device, r.series AS type, coalesce(t.unit, '') AS unit,
        date_trunc($3, r.hour, 'UTC') AS t,
        CASE WHEN coalesce(t.unit, '') = 'bool' THEN max(r.max_value)
+            WHEN r.series = ANY($5::text[]) THEN sum(r.sum_value)
             ELSE sum(r.sum_value) / nullif(sum(r.n), 0) END AS v
 FROM rollup_hourly r
 JOIN device d ON d.id = r.device_id
 LEFT JOIN record_type t ON t.name = r.series
 WHERE r.hour >= $1 AND r.hour < $2
   AND ($4::text IS NULL OR d.device_key = $4)
+  AND r.series <> ALL($6::text[])
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 4
 """
+# Run time per day of devices that report only pump_on (counters come through Q_ROLLUP).
+Q_DAILY_PUMP = """
+SELECT d.device_key AS device, 'pump_runtime_s' AS type, 's' AS unit,
+       (r.day::timestamp AT TIME ZONE 'UTC') AS t, r.pump_runtime_s AS v
+FROM rollup_daily r
+JOIN device d ON d.id = r.device_id
+WHERE r.day >= $1::date AND r.day <= $2::date AND r.pump_source = 'pump_on'
+  AND ($3::text IS NULL OR d.device_key = $3)
+ORDER BY 1, 4
+"""
+DAILY_ONLY_FROM_DAILY_ROLLUP = ("pump_on",)
 Q_REBOOTS = """
 SELECT received_at AS t, device_key AS device, body ->> 'firmware' AS firmware
 FROM raw_record
@@ -164,14 +183,17 @@ async def chart(
     grain = GRAINS[range_]
     until = until or datetime.now(UTC)
     since = until - grain.span
+    summed = list(SUMMED)
     if grain.source == "raw":
-        rows = await conn.fetch(Q_RAW, since, until, grain.bucket_s, device)
-    else:
-        trunc = "hour" if grain.source == "hourly" else "day"
+        rows = await conn.fetch(Q_RAW, since, until, grain.bucket_s, device, summed)
+    elif grain.source == "hourly":
         start = since.replace(minute=0, second=0, microsecond=0)
-        if trunc == "day":
-            start = start.replace(hour=0)
-        rows = await conn.fetch(Q_ROLLUP, start, until, trunc, device)
+        rows = await conn.fetch(Q_ROLLUP, start, until, "hour", device, summed, [])
+    else:
+        start = since.replace(hour=0, minute=0, second=0, microsecond=0)
+        daily_only = list(DAILY_ONLY_FROM_DAILY_ROLLUP)
+        rows = await conn.fetch(Q_ROLLUP, start, until, "day", device, summed, daily_only)
+        rows += await conn.fetch(Q_DAILY_PUMP, start.date(), until.date(), device)
     limits = thresholds(settings)
     by_key: dict[tuple[str, str], tuple[str, list[tuple[float, float]]]] = {}
     for r in rows:

@@ -1,5 +1,6 @@
-"""The order series are shown in, everywhere (dashboard, chart API): what an operator looks
-at first comes first, diagnostics (radio, heap, uptime) last, anything else in between."""
+"""How series are shown, everywhere (dashboard, chart API): in what order (what an operator
+looks at first comes first, diagnostics such as radio, heap, uptime last, anything else in
+between) and which ones add up over a time bucket."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ SERIES_FIRST = (
     "platform_height_mm",
 )
 SERIES_LAST = ("rssi_dbm", "uptime_s", "free_mem_bytes")
+# Amounts since the previous reading: a time bucket shows their sum, not their mean.
+SUMMED = ("pump_runtime_s", "pump_starts")
 
 
 def order_key(name: str) -> tuple[int, int, str]:

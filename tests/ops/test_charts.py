@@ -86,12 +86,38 @@ async def test_ranges_read_raw_facts_then_rollups(
     )
     assert len(_values(_of(hour, "soil_moisture_pct"))) == n >= 5  # one every 10 minutes
 
+    # Amounts add up over a bucket: an hour's pump run time is the sum of its readings.
+    week_ = await api.get("/api/stats/series", params={"range": "7d", "device": "AI-WEEK02"})
+    run = _of(week_.json(), "pump_runtime_s", "AI-WEEK02")
+    sums = await pool.fetch(
+        "SELECT sum_value FROM rollup_hourly WHERE device_id = $1 AND series = 'pump_runtime_s'"
+        " AND hour >= date_trunc('hour', $2::timestamptz, 'UTC') ORDER BY hour",
+        week.ids["AI-WEEK02"],
+        datetime.fromisoformat(week_.json()["since"]),
+    )
+    assert _values(run) == [r["sum_value"] for r in sums]
+
     month = (await api.get("/api/stats/series", params={"range": "30d"})).json()
     assert month["source"] == "daily" and month["device"] is None
-    # The fleet: every device's series, one point per UTC day it has data.
+    # The fleet: every device's series, one point per UTC day it has data; the pump that
+    # reports only its relay state shows its run time per day from the daily rollups.
     assert {(s["device"], s["type"]) for s in month["series"]} == {
-        (k, s.type) for k, ss in FLEET.items() for s in ss
+        (k, "pump_runtime_s" if s.type == "pump_on" else s.type)
+        for k, ss in FLEET.items()
+        for s in ss
     }
+    daily = await pool.fetch(
+        "SELECT pump_runtime_s FROM rollup_daily WHERE device_id = $1 ORDER BY day",
+        week.ids[FIRST],
+    )
+    assert _values(_of(month, "pump_runtime_s")) == [r["pump_runtime_s"] for r in daily]
+    assert all(r["pump_runtime_s"] > 0 for r in daily)
+    per_day = await pool.fetch(
+        "SELECT date_trunc('day', hour, 'UTC') AS day, sum(sum_value) AS s FROM rollup_hourly"
+        " WHERE device_id = $1 AND series = 'pump_runtime_s' GROUP BY 1 ORDER BY 1",
+        week.ids["AI-WEEK02"],
+    )
+    assert _values(_of(month, "pump_runtime_s", "AI-WEEK02")) == [r["s"] for r in per_day]
     days = await pool.fetchval(
         "SELECT count(DISTINCT date_trunc('day', hour, 'UTC')) FROM rollup_hourly"
         " WHERE device_id = $1 AND series = 'soil_moisture_pct'",

@@ -23,7 +23,7 @@ from tests.conftest import RunningHub
 from tests.ops.conftest import DESKTOP, PHONE, Browser
 from tests.ops.test_device_cmd import KEY as ACKING_KEY
 from tests.ops.test_device_cmd import _online as acking_device
-from tests.ops.week import FIRST, FLEET, fill
+from tests.ops.week import FIRST, FLEET, FLEET_ORDER, fill
 from tests.ota.conftest import TICK_S, release, rollout, spawn, wait_state
 from tests.ota.fleet import Behaviour, Fleet
 
@@ -96,9 +96,9 @@ async def test_overview_and_a_device_over_seven_days(
         # Every device with its last day's soil moisture as a sparkline.
         assert sorted(rows) == [[k, 1] for k in sorted(FLEET)]
         fleet = await _charts(browser, "1d")
-        assert fleet["order"] == ORDER  # soil moisture first, free memory last
+        assert fleet["order"] == FLEET_ORDER  # soil moisture first, free memory last
         assert fleet["charts"]["soil_moisture_pct"]["devices"] == sorted(FLEET)
-        assert fleet["canvases"] == len(ORDER)
+        assert fleet["canvases"] == len(FLEET_ORDER)
         assert (
             await browser.js("return document.querySelector('[data-alerts-open]').textContent")
             == "1"

@@ -25,10 +25,16 @@ FLEET = {
         Series("pump_on", 2, 1.0),
         Series("battery_charge", 101, 1.0),
     ],
-    "AI-WEEK02": [Series("soil_moisture_pct", 401, 0.25), Series("battery_charge", 101, 1.0)],
+    "AI-WEEK02": [
+        Series("soil_moisture_pct", 401, 0.25),
+        Series("battery_charge", 101, 1.0),
+        Series("pump_runtime_s", 31, 1.0),  # seconds run since the previous reading
+    ],
     "AI-WEEK03": [Series("soil_moisture_pct", 401, 0.25)],
 }
 FIRST = "AI-WEEK01"
+# The fleet's series in the order charts show them.
+FLEET_ORDER = ["soil_moisture_pct", "pump_on", "pump_runtime_s", "battery_charge", "free_mem_bytes"]
 
 
 @dataclass(frozen=True)
