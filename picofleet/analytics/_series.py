@@ -25,12 +25,10 @@ from statistics import median
 import asyncpg
 from pydantic import BaseModel
 
-from picofleet.core.charts import SUMMED, order_key
+from picofleet.core.charts import GAP_FACTOR, SUMMED, order_key
 from picofleet.core.topics import Kind, Topics
 
 from ._settings import AnalyticsSettings
-
-GAP_FACTOR = 3.0
 
 # Deploy-log states that mean "new firmware is running" (OTA confirmed, rolled back, USB).
 INSTALL_STATES = ("booted_ok", "rolled_back", "flashed")

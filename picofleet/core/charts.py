@@ -1,6 +1,6 @@
 """How series are shown, everywhere (dashboard, chart API): in what order (what an operator
 looks at first comes first, diagnostics such as radio, heap, uptime last, anything else in
-between) and which ones add up over a time bucket."""
+between), which ones add up over a time bucket, and what counts as a gap."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ SERIES_FIRST = (
     "platform_height_mm",
 )
 SERIES_LAST = ("rssi_dbm", "uptime_s", "free_mem_bytes")
+# A silence longer than this many times a series' usual spacing is drawn as a gap.
+GAP_FACTOR = 3.0
 # Amounts since the previous reading: a time bucket shows their sum, not their mean.
 SUMMED = ("pump_runtime_s", "pump_starts")
 

@@ -15,8 +15,9 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from picofleet.core.charts import GAP_FACTOR
 from picofleet.ops import svg
-from picofleet.ops.queries import METRIC_VIEWS
+from picofleet.ops.queries import METRIC_VIEWS, SPARK_BUCKET_S, SPARK_HOURS
 
 STATIC = "/static"  # picofleet/ops/static, served by routes.static_asset
 
@@ -262,7 +263,16 @@ def layout(
 
 # -- fleet ----------------------------------------------------------------------------------
 Sparks = dict[str, tuple[str, list[tuple[datetime, float]]]]
-FLEET_HEADERS = ("device", "type", "state", "last seen", "firmware", "channel", "latest", "24 h")
+FLEET_HEADERS = (
+    "device",
+    "type",
+    "state",
+    "last seen",
+    "firmware",
+    "channel",
+    "latest",
+    f"{SPARK_HOURS} h",
+)
 
 
 def _cells(values: Sequence[str]) -> str:
@@ -292,7 +302,8 @@ def fleet_rows(devices: Sequence[dict[str, Any]], sparks: Sparks | None = None) 
         spark = ""
         if d["device_key"] in sparks:
             name, points = sparks[d["device_key"]]
-            spark = svg.sparkline(points, label=f"{name}, last 24 h", gap_s=3 * 1800)
+            gap_s = GAP_FACTOR * SPARK_BUCKET_S
+            spark = svg.sparkline(points, label=f"{name}, last {SPARK_HOURS} h", gap_s=gap_s)
         key = escape(d["device_key"])
         out.append(
             f'<tr id="dev-{key}" data-key="{key}">'
