@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -201,7 +201,12 @@ def _time(v: datetime | None, *, relative: bool = False) -> str:
     if v is None:
         return '<span class="muted">never</span>'
     cls = ' class="ago"' if relative else ""
-    return f'<time{cls} datetime="{escape(_iso(v))}">{v:%Y-%m-%d %H:%M:%S}</time>'
+    utc = v.astimezone(UTC) if v.tzinfo else v
+    # The exact time on hover; the script turns the text into "3 min ago" (class ago).
+    return (
+        f'<time{cls} datetime="{escape(_iso(v))}" title="{utc:%Y-%m-%d %H:%M:%S} UTC">'
+        f"{utc:%Y-%m-%d %H:%M:%S}</time>"
+    )
 
 
 def _num(v: Any) -> str:
@@ -554,7 +559,10 @@ def dashboard(
         "</section>"
         f"{ota}"
         f"<section><h2>Deploy log</h2>{deploy_table(deploys)}</section>"
-        f'<section><h2>Metrics</h2><div class="metrics">{metric_html}</div></section>'
+        # The seed's views are about the legacy platform fleet: folded away when all empty.
+        f"<section><details{' open' if any(metrics.values()) else ''}><summary><h2 "
+        f'style="display:inline">Metrics (legacy views)</h2></summary>'
+        f'<div class="metrics">{metric_html}</div></details></section>'
     )
     return layout("picofleet", content, counters, after=after)
 
