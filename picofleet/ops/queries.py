@@ -17,12 +17,12 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from picofleet.core.charts import order_key
-from picofleet.core.deploylog import deploy_log
+
+# The deploy log has one query, shared with the OTA CLI: re-exported for this area.
+from picofleet.core.deploylog import deploy_log as deploy_log
 from picofleet.security.redact import redact_payload
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
-
-__all__ = ["deploy_log"]  # the deploy log has one query, in picofleet.core.deploylog
 
 # A device is online when its last status was not "offline" and it spoke recently: the
 # broker's last will covers clean and unclean disconnects, the window covers a hub that was
