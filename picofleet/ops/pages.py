@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from picofleet.core.charts import GAP_FACTOR
+from picofleet.core.rollout import ACTIONS, FLEET_KINDS
 from picofleet.ops import svg
 from picofleet.ops.queries import METRIC_VIEWS, SPARK_BUCKET_S, SPARK_HOURS
 
@@ -459,7 +460,7 @@ def _fact(name: str, value: Any) -> str:
     return escape(str(value))
 
 
-def rollout_block(r: dict[str, Any]) -> str:
+def rollout_block(r: dict[str, Any], *, can_roll_back: bool = False) -> str:
     ro = r["rollout"]
     rid = ro.get("id", ro.get("rollout_id", ""))
     facts = "".join(
@@ -485,20 +486,11 @@ def rollout_block(r: dict[str, Any]) -> str:
         f'<div class="rollout" id="rollout-{escape(str(rid))}" '
         f'data-state="{escape(ro.get("state") or "")}">'
         f"<h3>rollout {escape(str(rid))}</h3>"
-        f'<dl class="kv">{facts}</dl>{rollout_actions(ro)}{wave_table}</div>'
+        f'<dl class="kv">{facts}</dl>{rollout_actions(ro, can_roll_back)}{wave_table}</div>'
     )
 
 
-# What the OTA area accepts in each rollout state (picofleet.ota.rollouts): a button that
-# would only earn a 409 is shown disabled.
-_ROLLOUT_ACTIONS = (
-    ("pause", ("running",)),
-    ("resume", ("paused", "waiting")),
-    ("abort", ("running", "waiting", "paused")),
-)
-
-
-def rollout_actions(ro: dict[str, Any]) -> str:
+def rollout_actions(ro: dict[str, Any], can_roll_back: bool) -> str:
     rid, state = ro.get("id"), ro.get("state")
     if rid is None:
         return ""
@@ -509,9 +501,10 @@ def rollout_actions(ro: dict[str, Any]) -> str:
         f'{out} data-what="{what} {name}" data-action="{name}"'
         f"{'' if state in states else ' disabled'}"
         f"{' class=danger' if name == 'abort' else ''}>{name}</button>"
-        for name, states in _ROLLOUT_ACTIONS
+        # A button the rollout's state would only earn a 409 for is shown disabled.
+        for name, states in ACTIONS.items()
     ]
-    if ro.get("kind") != "rollback" and ro.get("device_type"):
+    if can_roll_back:
         body = escape(json.dumps({"device_type": ro["device_type"]}))
         buttons.append(
             f'<button type="button" class="danger" data-act="POST /api/ota/rollback" '
@@ -523,7 +516,19 @@ def rollout_actions(ro: dict[str, Any]) -> str:
 
 
 def rollouts_body(rollouts: Sequence[dict[str, Any]]) -> str:
-    return "".join(rollout_block(r) for r in rollouts) or "none yet"
+    """Newest first. Rollback acts on a device type's latest fleet rollout, so only that one
+    (not yet rolled back) carries the button."""
+    seen: set[str] = set()
+    blocks = []
+    for r in rollouts:
+        ro = r["rollout"]
+        dtype, fleet = ro.get("device_type"), ro.get("kind") in FLEET_KINDS
+        latest = bool(dtype) and fleet and dtype not in seen
+        if latest:
+            seen.add(dtype)
+        can = latest and ro.get("state") != "rolled_back"
+        blocks.append(rollout_block(r, can_roll_back=can))
+    return "".join(blocks) or "none yet"
 
 
 # -- pages -----------------------------------------------------------------------------------

@@ -270,6 +270,12 @@ async def test_halted_rollout_buttons(
     await release(api, "1.2.0")
     ro2 = await rollout(api, version="1.2.0", waves=[50, 100], timeout_s=600)
     await browser.get(hub.http + "/")
+    # Rollback acts on a device type's latest fleet rollout: only that one offers it.
+    with_rollback = await browser.js(
+        "return [...document.querySelectorAll('.rollout')]"
+        ".filter(r => r.querySelector('button[data-action=rollback]')).map(r => r.id);"
+    )
+    assert with_rollback == [f"rollout-{ro2['id']}"]
     for action, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
         shown = ["200", f"rollout {ro2['id']} {action}: now {state}"]
         assert await _click(browser, ro2["id"], action) == shown
