@@ -337,6 +337,7 @@ def alert_out(row: asyncpg.Record) -> AlertOut:
         state=row["state"],
         opened_at=row["opened_at"],
         closed_at=row["closed_at"],
+        acked_at=row.get("acked_at"),
         detail=json.loads(detail) if isinstance(detail, str) else dict(detail),
     )
 

@@ -43,6 +43,7 @@ class AlertOut(BaseModel):
     state: Literal["open", "closed"]
     opened_at: datetime
     closed_at: datetime | None
+    acked_at: datetime | None = None  # an operator acknowledged it (it stays open)
     detail: dict[str, Any]
 
 

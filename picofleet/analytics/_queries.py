@@ -32,12 +32,22 @@ ORDER BY day, device_key
 LIMIT $4
 """
 Q_ALERTS = """
-SELECT id, kind, subject, device_key, state, opened_at, closed_at, detail FROM alert
+SELECT id, kind, subject, device_key, state, opened_at, closed_at, acked_at, detail FROM alert
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::text IS NULL OR device_key = $3)
 ORDER BY id DESC
 LIMIT $4
+"""
+# Acknowledging is idempotent (the first time stays); a closed alert cannot be acked.
+Q_ACK = """
+UPDATE alert SET acked_at = coalesce(acked_at, now())
+WHERE id = $1 AND state = 'open'
+RETURNING id, kind, subject, device_key, state, opened_at, closed_at, acked_at, detail
+"""
+Q_ALERT = """
+SELECT id, kind, subject, device_key, state, opened_at, closed_at, acked_at, detail
+FROM alert WHERE id = $1
 """
 Q_SET_FLOW = """
 INSERT INTO analytics_device_config (device_id, pump_flow_l_per_min)
@@ -101,6 +111,15 @@ async def alerts(
     """Newest first."""
     rows = await pool.fetch(Q_ALERTS, state, kind, device, limit)
     return [alert_out(r) for r in rows]
+
+
+async def ack(pool: asyncpg.Pool, alert_id: int) -> tuple[AlertOut | None, bool]:
+    """(the alert or None if there is none, whether it is acked now)."""
+    row = await pool.fetchrow(Q_ACK, alert_id)
+    if row is not None:
+        return alert_out(row), True
+    row = await pool.fetchrow(Q_ALERT, alert_id)
+    return (alert_out(row) if row is not None else None), False
 
 
 async def set_flow(pool: asyncpg.Pool, device_key: str, l_per_min: float | None) -> bool:

@@ -1,18 +1,22 @@
-"""HTTP: rollups and alerts (read-only), plus the per-device pump flow rate (operator)."""
+"""HTTP: rollups, chart data and alerts (read-only); acknowledging an alert and the per-device
+pump flow rate (operator)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from picofleet.security.limits import Day, Instant
+from picofleet.core.topics import Topics
+from picofleet.security.limits import MAX_ROW_ID, Day, Instant
 from picofleet.web.auth import require_operator
 
 from . import _queries as queries
+from . import _series as series
 from ._models import AlertOut, DailyStat, EtlStatus, HourlyStat
+from ._settings import AnalyticsSettings
 
 router = APIRouter(prefix="/api", tags=["analytics"])
 
@@ -51,6 +55,25 @@ async def stats_daily(
     return await queries.daily(_pool(request), device=device, since=since, until=until, limit=limit)
 
 
+@router.get("/stats/series", response_model=series.Chart)
+async def stats_series(
+    request: Request,
+    range: Annotated[series.Range, Query(description="1h and 1d: raw; 7d, 30d: rollups")] = (
+        series.Range.DAY
+    ),
+    device: Annotated[str | None, Query(description="one device; default: the fleet")] = None,
+) -> series.Chart:
+    """Chart data: points per device and series (gaps as null), markers, threshold lines."""
+    hub = request.app.state.hub
+    return await series.chart(
+        _pool(request),
+        range_=range,
+        device=device,
+        settings=AnalyticsSettings(),
+        topics=Topics(hub.settings.topic_prefix),
+    )
+
+
 @router.get("/alerts", response_model=list[AlertOut])
 async def list_alerts(
     request: Request,
@@ -61,6 +84,24 @@ async def list_alerts(
 ) -> list[AlertOut]:
     """Alerts, newest first."""
     return await queries.alerts(_pool(request), state=state, kind=kind, device=device, limit=limit)
+
+
+@router.post(
+    "/alerts/{alert_id}/ack",
+    response_model=AlertOut,
+    dependencies=[Depends(require_operator)],
+    responses={401: {}, 403: {}, 404: {}, 409: {}},
+)
+async def ack_alert(
+    request: Request, alert_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+) -> AlertOut:
+    """Acknowledge an open alert (idempotent); it stays open until its condition clears."""
+    alert, acked = await queries.ack(_pool(request), alert_id)
+    if alert is None:
+        raise HTTPException(404, f"no alert {alert_id}")
+    if not acked:
+        raise HTTPException(409, f"alert {alert_id} is closed")
+    return alert
 
 
 @router.get("/stats/etl", response_model=EtlStatus)

@@ -27,6 +27,8 @@ class DeviceSummary(BaseModel):
     battery_at: datetime | None
     moisture_pct: float | None
     moisture_at: datetime | None
+    pump_on: float | None  # the latest pump_on reading: 1 on, 0 off
+    pump_at: datetime | None
 
 
 class Series(BaseModel):

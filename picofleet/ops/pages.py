@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from picofleet.core.charts import GAP_FACTOR
+from picofleet.core.rollout import ACTIONS, FLEET_KINDS
 from picofleet.ops import svg
-from picofleet.ops.queries import METRIC_VIEWS
+from picofleet.ops.queries import METRIC_VIEWS, SPARK_BUCKET_S, SPARK_HOURS
+
+STATIC = "/static"  # picofleet/ops/static, served by routes.static_asset
 
 CSS = """
 :root{--fg:#1d2430;--muted:#667085;--bg:#f6f7f9;--card:#fff;--line:#e3e6ea;--accent:#2563eb;
@@ -66,6 +70,37 @@ svg.bar .seg-received{fill:var(--warn)}
 .metrics{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:.6rem}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:.15rem .8rem;margin:0}
 dl.kv dt{color:var(--muted)}dl.kv dd{margin:0}
+svg.spark{color:var(--accent);vertical-align:middle}
+svg.spark polyline{stroke:currentColor;stroke-width:1.5}
+button{font:inherit;font-size:.85rem;padding:.2rem .6rem;border:1px solid var(--line);
+border-radius:6px;background:var(--card);color:var(--fg);cursor:pointer}
+button:disabled{opacity:.45;cursor:default}button.danger{color:var(--bad)}
+.actions{display:flex;flex-wrap:wrap;gap:.4rem;align-items:center;margin:.3rem 0}
+.result{font-size:.85rem;color:var(--muted);white-space:normal;word-break:break-word}
+.ranges{display:flex;gap:.3rem .5rem;flex-wrap:wrap;align-items:center}
+.ranges button[aria-pressed=true]{background:var(--accent);color:#fff;border-color:var(--accent)}
+.chart-body{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,520px),1fr));
+gap:.6rem;margin-top:.4rem}
+.uchart h3{margin:.2rem 0}.uchart{min-width:0;overflow:hidden}
+ul.markers{list-style:none;padding:0;margin:.3rem 0;font-size:.8rem;grid-column:1/-1}
+.mk{display:inline-block;width:.6rem;height:.6rem;border-radius:50%;margin-right:.35rem}
+.mk-reboot{background:#6b7280}.mk-install{background:#16a34a}.mk-alert{background:#dc2626}
+.alerts h3 .n{color:var(--muted);font-weight:400}
+@media (max-width:700px){
+ main{padding:.4rem}
+ table.stack thead{display:none}
+ table.stack,table.stack tbody,table.stack tr,table.stack td{display:block;width:100%}
+ table.stack tr{border-bottom:1px solid var(--line);padding:.35rem 0}
+ table.stack td{border:0;padding:.1rem .2rem;white-space:normal;display:flex;gap:.6rem;
+ justify-content:space-between;align-items:center}
+ table.stack td[data-label]::before{content:attr(data-label);color:var(--muted);font-size:.8rem}
+ table.stack tr.empty td::before{content:none}
+ table.stack td:empty{display:none}
+ #fleet tr{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));column-gap:1rem}
+ #fleet td:first-child{grid-column:1/-1;font-weight:600;font-size:1rem}
+ #fleet td:first-child::before,#fleet td[data-label=latest]::before{content:none}
+ #fleet td[data-label=latest],#fleet td[data-label="24 h"]{grid-column:1/-1}
+}
 """
 
 # Live updates: EventSource on /api/events. Errors and deploy events are added as rows built
@@ -83,7 +118,9 @@ JS = """
     return Math.round(s / 86400) + ' d ago';
   };
   const tick = () => document.querySelectorAll('time.ago').forEach((t) => {
-    t.title = t.getAttribute('datetime'); t.textContent = ago(t.getAttribute('datetime'));
+    const iso = t.getAttribute('datetime');
+    t.title = new Date(iso).toLocaleString() + ' (' + iso + ')';
+    t.textContent = ago(iso);
   });
   const td = (text, cls) => {
     const c = document.createElement('td');
@@ -132,6 +169,7 @@ JS = """
     tr.append(time(d.created_at), td(d.device_key), td(d.version), td(d.state),
               td(d.reason), td(d.source));
     prepend('#deploys tbody', tr, 50);
+    if (!scope) reload('#rollouts-body', '/fragments/rollouts');  // wave progress, state
   });
   es.addEventListener('device', (m) => {
     const d = JSON.parse(m.data);
@@ -150,6 +188,7 @@ JS = """
       if (el) el.textContent = c[k];
     }
   });
+  window.picofleetTick = tick;
   tick(); setInterval(tick, 5000);
 })();
 """
@@ -163,7 +202,12 @@ def _time(v: datetime | None, *, relative: bool = False) -> str:
     if v is None:
         return '<span class="muted">never</span>'
     cls = ' class="ago"' if relative else ""
-    return f'<time{cls} datetime="{escape(_iso(v))}">{v:%Y-%m-%d %H:%M:%S}</time>'
+    utc = v.astimezone(UTC) if v.tzinfo else v
+    # The exact time on hover; the script turns the text into "3 min ago" (class ago).
+    return (
+        f'<time{cls} datetime="{escape(_iso(v))}" title="{utc:%Y-%m-%d %H:%M:%S} UTC">'
+        f"{utc:%Y-%m-%d %H:%M:%S}</time>"
+    )
 
 
 def _num(v: Any) -> str:
@@ -211,16 +255,41 @@ def layout(
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<title>{escape(title)}</title>"
+        f'<link rel="stylesheet" href="{STATIC}/uplot/uPlot.min.css"><style>{CSS}</style></head>'
         f'<body data-live="off"{scope}><header><h1><a href="/">picofleet</a></h1>'
         f'<div class="counters">{ctr}</div><span id="live">connecting</span>'
-        '<a href="/docs">API</a><a href="/metrics">metrics</a></header>'
-        f"<main>{content}</main><script>{JS}</script></body></html>"
+        '<a href="/docs">API</a><a href="/metrics">metrics</a>'
+        '<button type="button" id="token">operator token</button></header>'
+        f"<main>{content}</main><script>{JS}</script>"
+        f'<script src="{STATIC}/uplot/uPlot.iife.min.js"></script>'
+        f'<script src="{STATIC}/dash.js"></script></body></html>'
     )
 
 
-# -- fleet -------------------------------------------------------------------------------------
-def fleet_rows(devices: Sequence[dict[str, Any]]) -> str:
+# -- fleet ----------------------------------------------------------------------------------
+Sparks = dict[str, tuple[str, list[tuple[datetime, float]]]]
+FLEET_HEADERS = (
+    "device",
+    "type",
+    "state",
+    "last seen",
+    "firmware",
+    "channel",
+    "latest",
+    f"{SPARK_HOURS} h",
+)
+
+
+def _cells(values: Sequence[str]) -> str:
+    """Cells labelled with their column, which a phone shows as stacked rows (table.stack)."""
+    return "".join(
+        f'<td data-label="{h}">{v}</td>' for h, v in zip(FLEET_HEADERS, values, strict=True)
+    )
+
+
+def fleet_rows(devices: Sequence[dict[str, Any]], sparks: Sparks | None = None) -> str:
+    sparks = sparks or {}
     out = []
     for d in devices:
         if d["blocked"]:
@@ -234,25 +303,102 @@ def fleet_rows(devices: Sequence[dict[str, Any]]) -> str:
             reading = f"moisture {_num(d['moisture_pct'])} %"
         if d.get("battery_pct") is not None:
             reading += (" · " if reading else "") + f"battery {_num(d['battery_pct'])} %"
+        if d.get("pump_on") is not None:
+            reading += (" · " if reading else "") + f"pump {'on' if d['pump_on'] else 'off'}"
+        spark = ""
+        if d["device_key"] in sparks:
+            name, points = sparks[d["device_key"]]
+            gap_s = GAP_FACTOR * SPARK_BUCKET_S
+            spark = svg.sparkline(points, label=f"{name}, last {SPARK_HOURS} h", gap_s=gap_s)
+        key = escape(d["device_key"])
         out.append(
-            f'<tr id="dev-{escape(d["device_key"])}" data-key="{escape(d["device_key"])}">'
-            f"<td>{_dev_link(d['device_key'])}</td><td>{escape(d['device_type'] or '')}</td>"
-            f"<td>{state}</td><td>{_time(d['last_seen'], relative=True)}</td>"
-            f"<td>{escape(d['firmware'] or '')}</td><td>{escape(d['channel'])}</td>"
-            f"<td>{reading}</td></tr>"
+            f'<tr id="dev-{key}" data-key="{key}">'
+            + _cells(
+                (
+                    _dev_link(d["device_key"]),
+                    escape(d["device_type"] or ""),
+                    state,
+                    _time(d["last_seen"], relative=True),
+                    escape(d["firmware"] or ""),
+                    escape(d["channel"]),
+                    reading,
+                    spark,
+                )
+            )
+            + "</tr>"
         )
     return (
-        "".join(out) or '<tr class="empty"><td colspan="7" class="muted">no devices yet</td></tr>'
+        "".join(out) or '<tr class="empty"><td colspan="8" class="muted">no devices yet</td></tr>'
     )
 
 
-def fleet_table(devices: Sequence[dict[str, Any]]) -> str:
-    headers = ("device", "type", "state", "last seen", "firmware", "channel", "latest")
-    head = "".join(f"<th>{h}</th>" for h in headers)
+def fleet_table(devices: Sequence[dict[str, Any]], sparks: Sparks | None = None) -> str:
+    head = "".join(f"<th>{h}</th>" for h in FLEET_HEADERS)
     return (
-        f'<div class="scroll"><table id="fleet"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{fleet_rows(devices)}</tbody></table></div>"
+        f'<table id="fleet" class="stack"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{fleet_rows(devices, sparks)}</tbody></table>"
     )
+
+
+def range_charts(device: str | None, *, default: str = "1d") -> str:
+    """Charts over a chosen range, drawn by dash.js with uPlot from /api/stats/series."""
+    scope = f' data-device="{escape(device)}"' if device else ""
+    buttons = "".join(
+        f'<button type="button" data-range="{r}" aria-pressed="{str(r == default).lower()}">'
+        f"{label}</button>"
+        for r, label in (("1h", "1 h"), ("1d", "1 day"), ("7d", "7 days"), ("30d", "30 days"))
+    )
+    return (
+        f'<div class="range-charts" id="range-charts" data-range="{default}"{scope}>'
+        f'<div class="ranges">{buttons}<span class="chart-source muted"></span>'
+        '<span class="muted">markers: <span class="mk mk-reboot"></span>reboot '
+        '<span class="mk mk-install"></span>install <span class="mk mk-alert"></span>alert'
+        '</span></div><div class="chart-body"></div></div>'
+    )
+
+
+# -- alerts ------------------------------------------------------------------------------------
+def _alert_row(a: dict[str, Any]) -> str:
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(a["detail"].items()))
+    action = ""
+    if a["state"] == "open" and a["acked_at"] is None:
+        action = (
+            f'<button type="button" data-act="POST /api/alerts/{a["id"]}/ack" '
+            f'data-out="#alert-out-{a["id"]}" data-then="#alerts">acknowledge</button>'
+            f'<span class="result" id="alert-out-{a["id"]}"></span>'
+        )
+    elif a["acked_at"] is not None:
+        action = f"acked {_time(a['acked_at'], relative=True)}"
+    subject = _dev_link(a["device_key"]) if a["device_key"] else escape(a["subject"] or "fleet")
+    when = _time(a["opened_at"], relative=True)
+    if a["closed_at"] is not None:
+        when += f" – {_time(a['closed_at'], relative=True)}"
+    return (
+        f'<tr id="alert-{a["id"]}" data-alert="{a["id"]}">'
+        f'<td data-label="kind" class="code">{escape(a["kind"])}</td>'
+        f'<td data-label="subject">{subject}</td>'
+        f'<td data-label="when">{when}</td>'
+        f'<td data-label="detail" class="wrap">{escape(detail)}</td>'
+        f'<td data-label="">{action}</td></tr>'
+    )
+
+
+def alerts_panel(alerts: Sequence[dict[str, Any]]) -> str:
+    groups = (
+        ("open", [a for a in alerts if a["state"] == "open" and a["acked_at"] is None]),
+        ("acknowledged", [a for a in alerts if a["state"] == "open" and a["acked_at"] is not None]),
+        ("closed", [a for a in alerts if a["state"] == "closed"]),
+    )
+    out = []
+    for name, rows in groups:
+        body = "".join(_alert_row(a) for a in rows) or (
+            f'<tr class="empty"><td colspan="5" class="muted">none {name}</td></tr>'
+        )
+        out.append(
+            f'<h3>{name} <span class="n" data-alerts-{name}="{len(rows)}">{len(rows)}</span></h3>'
+            f'<table class="stack" id="alerts-{name}"><tbody>{body}</tbody></table>'
+        )
+    return "".join(out)
 
 
 # -- errors and deploy log -----------------------------------------------------------------------
@@ -304,11 +450,21 @@ def metric_table(name: str, rows: Sequence[dict[str, Any]]) -> str:
 _ROLLOUT_FIELDS = ("version", "device_type", "kind", "channel", "state", "reason", "created_at")
 
 
-def rollout_block(r: dict[str, Any]) -> str:
+def _fact(name: str, value: Any) -> str:
+    """A rollout field; times (ISO text in the row's JSON) as relative times."""
+    if name.endswith("_at") and isinstance(value, str):
+        try:
+            return _time(datetime.fromisoformat(value), relative=True)
+        except ValueError:
+            pass
+    return escape(str(value))
+
+
+def rollout_block(r: dict[str, Any], *, can_roll_back: bool = False) -> str:
     ro = r["rollout"]
     rid = ro.get("id", ro.get("rollout_id", ""))
     facts = "".join(
-        f"<dt>{escape(k.replace('_', ' '))}</dt><dd>{escape(str(ro[k]))}</dd>"
+        f"<dt>{escape(k.replace('_', ' '))}</dt><dd>{_fact(k, ro[k])}</dd>"
         for k in _ROLLOUT_FIELDS
         if ro.get(k) is not None
     )
@@ -327,15 +483,60 @@ def rollout_block(r: dict[str, Any]) -> str:
         4,
     )
     return (
-        f'<div class="rollout"><h3>rollout {escape(str(rid))}</h3>'
-        f'<dl class="kv">{facts}</dl>{wave_table}</div>'
+        f'<div class="rollout" id="rollout-{escape(str(rid))}" '
+        f'data-state="{escape(ro.get("state") or "")}">'
+        f"<h3>rollout {escape(str(rid))}</h3>"
+        f'<dl class="kv">{facts}</dl>{rollout_actions(ro, can_roll_back)}{wave_table}</div>'
     )
+
+
+def rollout_actions(ro: dict[str, Any], can_roll_back: bool) -> str:
+    rid, state = ro.get("id"), ro.get("state")
+    if rid is None:
+        return ""
+    out = 'data-out="#rollouts-result" data-then="#rollouts-body"'
+    what = f"rollout {int(rid)}"
+    buttons = [
+        f'<button type="button" data-act="POST /api/ota/rollouts/{int(rid)}/{name}" '
+        f'{out} data-what="{what} {name}" data-action="{name}"'
+        f"{'' if state in states else ' disabled'}"
+        f"{' class=danger' if name == 'abort' else ''}>{name}</button>"
+        # A button the rollout's state would only earn a 409 for is shown disabled.
+        for name, states in ACTIONS.items()
+    ]
+    if can_roll_back:
+        body = escape(json.dumps({"device_type": ro["device_type"]}))
+        buttons.append(
+            f'<button type="button" class="danger" data-act="POST /api/ota/rollback" '
+            f'data-body="{body}" {out} data-what="{what} rollback" '
+            f'data-action="rollback" data-confirm="Roll every {escape(ro["device_type"])} '
+            f'device back to the previous good release?">rollback</button>'
+        )
+    return f'<div class="actions">{"".join(buttons)}</div>'
+
+
+def rollouts_body(rollouts: Sequence[dict[str, Any]]) -> str:
+    """Newest first. Rollback acts on a device type's latest fleet rollout, so only that one
+    (not yet rolled back) carries the button."""
+    seen: set[str] = set()
+    blocks = []
+    for r in rollouts:
+        ro = r["rollout"]
+        dtype, fleet = ro.get("device_type"), ro.get("kind") in FLEET_KINDS
+        latest = bool(dtype) and fleet and dtype not in seen
+        if latest:
+            seen.add(dtype)
+        can = latest and ro.get("state") != "rolled_back"
+        blocks.append(rollout_block(r, can_roll_back=can))
+    return "".join(blocks) or "none yet"
 
 
 # -- pages -----------------------------------------------------------------------------------
 def dashboard(
     *,
     devices: Sequence[dict[str, Any]],
+    sparks: Sparks,
+    alerts: Sequence[dict[str, Any]],
     metrics: dict[str, list[dict[str, Any]]],
     errors: Sequence[dict[str, Any]],
     rollouts: Sequence[dict[str, Any]],
@@ -347,15 +548,26 @@ def dashboard(
     metric_html = "".join(metric_table(name, rows) for name, rows in metrics.items())
     ota = ""
     if ota_enabled:
-        blocks = "".join(rollout_block(r) for r in rollouts)
-        ota = f'<section id="rollouts"><h2>OTA rollouts</h2>{blocks or "none yet"}</section>'
+        ota = (
+            # The result sits outside the fragment, which live updates replace.
+            '<section id="rollouts"><h2>OTA rollouts</h2>'
+            '<p class="result" id="rollouts-result" aria-live="polite"></p>'
+            '<div id="rollouts-body" data-fragment="/fragments/rollouts">'
+            f"{rollouts_body(rollouts)}</div></section>"
+        )
     content = (
-        f"<section><h2>Fleet</h2>{fleet_table(devices)}</section>"
+        f"<section><h2>Fleet</h2>{fleet_table(devices, sparks)}</section>"
+        '<section class="alerts"><h2>Alerts</h2><div id="alerts" data-fragment="/fragments/alerts">'
+        f"{alerts_panel(alerts)}</div></section>"
+        f"<section><h2>Fleet trends</h2>{range_charts(None)}</section>"
         f'<section><h2>Ingest errors</h2><div id="errors-wrap">{error_table(errors)}</div>'
         "</section>"
         f"{ota}"
         f"<section><h2>Deploy log</h2>{deploy_table(deploys)}</section>"
-        f'<section><h2>Metrics</h2><div class="metrics">{metric_html}</div></section>'
+        # The seed's views are about the legacy platform fleet: folded away when all empty.
+        f"<section><details{' open' if any(metrics.values()) else ''}><summary><h2 "
+        f'style="display:inline">Metrics (legacy views)</h2></summary>'
+        f'<div class="metrics">{metric_html}</div></details></section>'
     )
     return layout("picofleet", content, counters, after=after)
 
@@ -366,6 +578,31 @@ def charts(series: Sequence[dict[str, Any]]) -> str:
     return "".join(
         svg.line_chart(s["points"], title=s["type"], unit=s["unit"], step=s["unit"] == "bool")
         for s in series
+    )
+
+
+# Device commands (POST /api/devices/{key}/cmd, picofleet.ops.commands): label, JSON body.
+DEVICE_COMMANDS = (
+    ("pump 5 s", {"cmd": "pump", "seconds": 5}),
+    ("stop", {"cmd": "stop"}),
+    ("reboot", {"cmd": "reboot"}),
+)
+
+
+_REBOOT_CONFIRM = ' data-confirm="Reboot this device?"'
+
+
+def device_actions(key: str) -> str:
+    url = f"/api/devices/{quote(key)}/cmd"
+    buttons = "".join(
+        f'<button type="button" data-act="POST {url}" data-body="{escape(json.dumps(body))}" '
+        f'data-out="#cmd-result" data-action="{escape(str(body["cmd"]))}"'
+        f"{_REBOOT_CONFIRM if body['cmd'] == 'reboot' else ''}>{escape(label)}</button>"
+        for label, body in DEVICE_COMMANDS
+    )
+    return (
+        f'<div class="actions" id="commands">{buttons}'
+        '<span class="result" id="cmd-result" aria-live="polite"></span></div>'
     )
 
 
@@ -389,8 +626,8 @@ def device_page(
     kv = "".join(f"<dt>{k}</dt><dd>{escape(str(v))}</dd>" for k, v in facts.items())
     kv += (
         f"<dt>last seen</dt><dd>{_time(dev['last_seen'], relative=True)}</dd>"
-        f"<dt>first seen</dt><dd>{_time(dev['first_seen'])}</dd>"
-        f"<dt>provisioned</dt><dd>{_time(dev['provisioned_at'])}</dd>"
+        f"<dt>first seen</dt><dd>{_time(dev['first_seen'], relative=True)}</dd>"
+        f"<dt>provisioned</dt><dd>{_time(dev['provisioned_at'], relative=True)}</dd>"
     )
     status = ""
     if dev.get("status"):
@@ -399,8 +636,10 @@ def device_page(
             f'<pre class="payload">{escape(json.dumps(dev["status"], indent=1))}</pre>'
         )
     content = (
-        f'<section><h2>{escape(key)}</h2><dl class="kv">{kv}</dl>{status}</section>'
-        f'<section><h2>Recent readings</h2><div id="charts" class="charts">'
+        f'<section><h2>{escape(key)}</h2><dl class="kv">{kv}</dl>{device_actions(key)}'
+        f"{status}</section>"
+        f"<section><h2>History</h2>{range_charts(key, default='7d')}</section>"
+        f'<section><h2>Live: last readings</h2><div id="charts" class="charts">'
         f"{charts(dev['series'])}</div></section>"
         f"<section><h2>Ingest errors</h2>{error_table(errors)}</section>"
         f"<section><h2>Deploy log</h2>{deploy_table(deploys)}</section>"

@@ -16,6 +16,10 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from picofleet.core.charts import order_key
+
+# The deploy log has one query, shared with the OTA CLI: re-exported for this area.
+from picofleet.core.deploylog import deploy_log as deploy_log
 from picofleet.security.redact import redact_payload
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -52,10 +56,12 @@ Q_DEVICES = f"""
 SELECT d.id, d.device_key, d.serial, d.device_type, d.channel, d.firmware, d.state, d.blocked,
        d.first_seen, d.last_seen, d.provisioned_at, d.status, {ONLINE_SQL} AS online,
        b.value AS battery_pct, b.record_time AS battery_at,
-       m.value AS moisture_pct, m.record_time AS moisture_at
+       m.value AS moisture_pct, m.record_time AS moisture_at,
+       pu.value AS pump_on, pu.record_time AS pump_at
 FROM device d
 {_LATEST.format(name="battery_charge", alias="b")}
 {_LATEST.format(name="soil_moisture_pct", alias="m")}
+{_LATEST.format(name="pump_on", alias="pu")}
 """
 
 Q_SERIES = """
@@ -82,11 +88,6 @@ SELECT e.id, e.raw_id, e.item_idx, e.code, e.detail, e.created_at, r.topic, r.de
        r.source, r.payload, r.payload_size
 FROM ingest_error e
 JOIN raw_record r ON r.id = e.raw_id
-"""
-
-Q_DEPLOY = """
-SELECT id, device_key, version, state, reason, source, seq, detail, raw_id, created_at
-FROM deploy_event
 """
 
 Q_COUNTERS = f"""
@@ -160,7 +161,7 @@ async def device(conn: Conn, key: str, *, points: int = 200) -> dict[str, Any] |
     for r in await conn.fetch(Q_SERIES, row["id"], points):
         s = by_type.setdefault(r["type"], {"type": r["type"], "unit": r["unit"], "points": []})
         s["points"].append((r["record_time"], r["value"]))
-    out["series"] = list(by_type.values())
+    out["series"] = sorted(by_type.values(), key=lambda s: order_key(s["type"]))
     return out
 
 
@@ -213,26 +214,6 @@ async def errors(
     w.add("e.id < {}", before_id)
     query, args = _page(Q_ERRORS, w, "e.id", limit, after_id)
     return [_error(r) for r in await conn.fetch(query, *args)]
-
-
-async def deploy_log(
-    conn: Conn,
-    *,
-    device: str | None = None,
-    version: str | None = None,
-    before_id: int | None = None,
-    after_id: int | None = None,
-    limit: int = 50,
-) -> list[dict[str, Any]]:
-    w = _Where()
-    w.add("device_key = {}", device)
-    w.add("version = {}", version)
-    w.add("id < {}", before_id)
-    query, args = _page(Q_DEPLOY, w, "id", limit, after_id)
-    rows = [dict(r) for r in await conn.fetch(query, *args)]
-    for r in rows:
-        r["detail"] = _json(r["detail"]) or {}
-    return rows
 
 
 async def last_ids(conn: Conn) -> tuple[int, int]:
@@ -312,6 +293,59 @@ async def rollout_states(conn: Conn) -> dict[str, int]:
         "SELECT state::text AS state, count(*) AS n FROM ota_rollout GROUP BY 1"
     )
     return {r["state"]: int(r["n"]) for r in rows}
+
+
+# -- alerts (table owned by picofleet.analytics; shown when it exists) ------------------------
+# Open alerts (acknowledged or not) and the latest closed ones.
+Q_ALERTS = """
+(SELECT id, kind, subject, device_key, state, opened_at, closed_at, acked_at, detail
+ FROM alert WHERE state = 'open' ORDER BY id DESC LIMIT $1)
+UNION ALL
+(SELECT id, kind, subject, device_key, state, opened_at, closed_at, acked_at, detail
+ FROM alert WHERE state = 'closed' ORDER BY id DESC LIMIT $1)
+"""
+
+
+async def alerts(conn: Conn, *, limit: int = 20) -> list[dict[str, Any]]:
+    """Open alerts and the ``limit`` newest closed ones, newest first; [] before they exist."""
+    if not await table_exists(conn, "alert"):
+        return []
+    rows = [dict(r) for r in await conn.fetch(Q_ALERTS, limit)]
+    for r in rows:
+        r["detail"] = _json(r["detail"]) or {}
+    return rows
+
+
+# -- sparklines --------------------------------------------------------------------------------
+SPARK_TYPES = ("soil_moisture_pct", "battery_charge")  # the first a device has is drawn
+SPARK_HOURS = 24
+SPARK_BUCKET_S = 1800
+Q_SPARKS = f"""
+SELECT d.device_key, t.name AS type,
+       to_timestamp(floor(extract(epoch FROM p.record_time) / {SPARK_BUCKET_S})
+                    * {SPARK_BUCKET_S}) AS t,
+       avg(p.value) AS v
+FROM processed_record p
+JOIN device d ON d.id = p.device_id
+JOIN record_type t ON t.id = p.record_type_id
+WHERE t.name = ANY($1::text[]) AND p.record_time > now() - interval '{SPARK_HOURS} hours'
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+"""
+
+
+async def sparklines(conn: Conn) -> dict[str, tuple[str, list[tuple[datetime, float]]]]:
+    """Per device: (record type, half-hour means over the last day) of its first SPARK_TYPE."""
+    found: dict[str, dict[str, list[tuple[datetime, float]]]] = {}
+    for r in await conn.fetch(Q_SPARKS, list(SPARK_TYPES)):
+        found.setdefault(r["device_key"], {}).setdefault(r["type"], []).append(
+            (r["t"], float(r["v"]))
+        )
+    out = {}
+    for key, by_type in found.items():
+        name = next(t for t in SPARK_TYPES if t in by_type)
+        out[key] = (name, by_type[name])
+    return out
 
 
 # -- mutations ---------------------------------------------------------------------------------

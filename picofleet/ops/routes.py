@@ -8,7 +8,9 @@ POST   /api/devices/{key}/cmd           pump/stop/reboot/config, waits for the a
 GET    /api/telemetry                   readings: device, type, since, until, paging
 GET    /api/metrics/{view}              the seed's metric views
 GET    /api/errors                      ingest errors with raw payloads, paging
-GET    /api/deploy-log                  deploy events, paging
+GET    /api/deploy-log                  the deploy log (the only one), paging
+GET    /fragments/fleet|alerts|rollouts parts of the dashboard, re-fetched after changes
+GET    /static/...                      dash.js and the vendored uPlot
 GET    /api/rollouts                    OTA rollouts with per-wave progress
 GET    /api/counters                    header counters
 GET    /api/events                      server-sent events (picofleet.ops.feed)
@@ -20,11 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from importlib.resources import files
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
 from picofleet.core.topics import Kind
 from picofleet.ops import commands, metrics, pages, queries
@@ -100,6 +109,8 @@ async def dashboard(hub: Hub) -> HTMLResponse:
     async with _db(hub) as conn:
         html = pages.dashboard(
             devices=await queries.devices(conn),
+            sparks=await queries.sparklines(conn),
+            alerts=await queries.alerts(conn),
             metrics={name: await queries.metric(conn, name) for name in queries.METRIC_VIEWS},
             errors=await queries.errors(conn, limit=50),
             rollouts=await queries.rollouts(conn),
@@ -114,7 +125,41 @@ async def dashboard(hub: Hub) -> HTMLResponse:
 @router.get("/fragments/fleet", response_class=HTMLResponse, include_in_schema=False)
 async def fleet_fragment(hub: Hub) -> HTMLResponse:
     async with _db(hub) as conn:
-        return HTMLResponse(pages.fleet_rows(await queries.devices(conn)))
+        devices, sparks = await queries.devices(conn), await queries.sparklines(conn)
+    return HTMLResponse(pages.fleet_rows(devices, sparks))
+
+
+@router.get("/fragments/alerts", response_class=HTMLResponse, include_in_schema=False)
+async def alerts_fragment(hub: Hub) -> HTMLResponse:
+    async with _db(hub) as conn:
+        alerts = await queries.alerts(conn)
+    return HTMLResponse(pages.alerts_panel(alerts), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/fragments/rollouts", response_class=HTMLResponse, include_in_schema=False)
+async def rollouts_fragment(hub: Hub) -> HTMLResponse:
+    async with _db(hub) as conn:
+        rollouts = await queries.rollouts(conn)
+    return HTMLResponse(pages.rollouts_body(rollouts), headers={"Cache-Control": "no-store"})
+
+
+# The dashboard's script and the vendored uPlot (static/uplot/VENDORED.md). A fixed list, so
+# a request can never name any other file.
+STATIC_DIR = files("picofleet.ops") / "static"
+STATIC_FILES = {
+    "dash.js": "text/javascript",
+    "uplot/uPlot.iife.min.js": "text/javascript",
+    "uplot/uPlot.min.css": "text/css",
+}
+
+
+@router.get(pages.STATIC + "/{name:path}", include_in_schema=False)
+async def static_asset(name: str) -> Response:
+    media = STATIC_FILES.get(name)
+    if media is None:
+        raise HTTPException(404, "unknown asset")
+    body = STATIC_DIR.joinpath(*name.split("/")).read_bytes()
+    return Response(body, media_type=media, headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/devices/{key}", response_class=HTMLResponse, include_in_schema=False)

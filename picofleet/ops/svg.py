@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from itertools import pairwise
+from statistics import median
+
+from picofleet.core.charts import GAP_FACTOR
 
 Point = tuple[datetime | float, float]
 
@@ -58,12 +61,26 @@ def _range(lo: float, hi: float) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _runs(pts: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """Sorted points cut where the time to the next one exceeds GAP_FACTOR x the median."""
+    if len(pts) < 3:
+        return [pts]
+    usual = median(b[0] - a[0] for a, b in pairwise(pts))
+    runs = [[pts[0]]]
+    for (t0, _), p in pairwise(pts):
+        if usual > 0 and p[0] - t0 > GAP_FACTOR * usual:
+            runs.append([])
+        runs[-1].append(p)
+    return runs
+
+
 def line_chart(
     points: Sequence[Point], *, title: str, unit: str = "", step: bool = False, box: Box = Box()
 ) -> str:
     """A time series as an SVG line chart (points in any order; drawn by time).
 
-    ``step`` holds each value until the next one (states such as a pump relay).
+    ``step`` holds each value until the next one (states such as a pump relay). A silence
+    (GAP_FACTOR x the usual spacing) breaks the line: one polyline per stretch of readings.
     """
     label = f"{title} ({unit})" if unit else title
     head = (
@@ -111,13 +128,14 @@ def line_chart(
         f'text-anchor="end">{escape(_fmt_time(t1, span))} UTC</text>'
         f'<line class="grid" x1="{box.left}" x2="{box.left}" y1="{box.top}" y2="{bottom}"/>'
     )
-    drawn = pts
-    if step:
-        drawn = [pts[0]]
-        for (_, prev), (t, v) in pairwise(pts):
-            drawn += [(t, prev), (t, v)]
-    coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in drawn)
-    parts.append(f'<polyline class="series" fill="none" points="{coords}"/>')
+    for run in _runs(pts):
+        drawn = run
+        if step:
+            drawn = [run[0]]
+            for (_, prev), (t, v) in pairwise(run):
+                drawn += [(t, prev), (t, v)]
+        coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in drawn)
+        parts.append(f'<polyline class="series" fill="none" points="{coords}"/>')
     lx, ly = x(pts[-1][0]), y(last)
     parts.append(f'<circle class="dot" cx="{lx:.1f}" cy="{ly:.1f}" r="3"/>')
     parts.append("</svg>")
@@ -149,3 +167,37 @@ def stacked_bar(parts: Sequence[tuple[str, int]], *, width: int = 240, height: i
         x += w
     out.append("</svg>")
     return "".join(out)
+
+
+def sparkline(
+    points: Sequence[Point], *, label: str, width: int = 120, height: int = 28, gap_s: float = 0
+) -> str:
+    """A tiny trend line with no axes (the fleet overview); breaks where the time between two
+    points exceeds ``gap_s`` (when set), so a silent device shows a gap, not a slope."""
+    head = (
+        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">'
+        f"<title>{escape(label)}</title>"
+    )
+    pts = sorted((_epoch(t), float(v)) for t, v in points)
+    if len(pts) < 2:
+        return head + "</svg>"
+    tlo, thi = pts[0][0], pts[-1][0]
+    vlo, vhi = _range(min(v for _, v in pts), max(v for _, v in pts))
+
+    def xy(t: float, v: float) -> str:
+        x = 1 + (t - tlo) / (thi - tlo) * (width - 2)
+        y = 1 + (1 - (v - vlo) / (vhi - vlo)) * (height - 2)
+        return f"{x:.1f},{y:.1f}"
+
+    runs: list[list[tuple[float, float]]] = [[pts[0]]]
+    for (t0, _), p in pairwise(pts):
+        if gap_s and p[0] - t0 > gap_s:
+            runs.append([])
+        runs[-1].append(p)
+    lines = "".join(
+        f'<polyline fill="none" points="{" ".join(xy(t, v) for t, v in run)}"/>'
+        for run in runs
+        if len(run) > 1
+    )
+    return head + lines + "</svg>"

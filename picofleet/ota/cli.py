@@ -418,9 +418,13 @@ def ota_log(
     as_json: AsJson = False,
 ) -> None:
     """The deploy log (OTA reports, hub decisions, USB flashes), newest first."""
+    from picofleet.core.deploylog import deploy_log
     from picofleet.ota import queries
 
-    rows = _db(data_dir, lambda c, _s: queries.deploy_log(c, device, limit))
+    async def read(c: Any, _s: Settings) -> list[dict[str, Any]]:
+        return [queries.jsonable(r) for r in await deploy_log(c, device=device, limit=limit)]
+
+    rows = _db(data_dir, read)
     if as_json:
         _out(rows, True, "")
         return

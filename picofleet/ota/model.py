@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import re
 
+# Shared with the dashboard, so they live below both.
+from picofleet.core.rollout import ACTIVE_ROLLOUT_STATES as ACTIVE_ROLLOUT_STATES
+from picofleet.core.rollout import FLEET_KINDS as FLEET_KINDS
+
 # Reported by devices on {prefix}/devices/{key}/ota/status.
 REPORTED_STATES = frozenset(
     {"received", "downloading", "verified", "applied", "booted_ok", "failed", "rolled_back"}
@@ -32,8 +36,6 @@ IN_PROGRESS = ("offered", "received", "downloading", "verified", "applied")
 BAD = ("failed", "rolled_back", "timed_out")
 FINISHED = ("booted_ok", *BAD)
 
-ACTIVE_ROLLOUT_STATES = ("running", "waiting", "paused")
-FLEET_KINDS = ("channel", "waves")  # rollouts that advance in waves and can halt
 CHANNELS = ("canary", "stable")
 DEFAULT_CHANNEL = "stable"
 

@@ -46,11 +46,6 @@ LEFT JOIN ota_device_state s ON s.device_key = rd.device_key
 WHERE ($1::text IS NULL OR r.version = $1) AND ($2::bigint IS NULL OR r.id = $2)
 ORDER BY rd.device_key, rd.rollout_id DESC
 """
-Q_DEPLOY_LOG = """
-SELECT id, device_key, version, state, reason, source, seq, detail, raw_id, created_at
-FROM deploy_event WHERE ($1::text IS NULL OR device_key = $1)
-ORDER BY id DESC LIMIT $2
-"""
 Q_PINS = """
 SELECT p.device_key, rel.version, rel.device_type, p.rollout_id::text AS rollout, p.created_at
 FROM ota_pin p JOIN ota_release rel ON rel.id = p.release_id ORDER BY p.device_key
@@ -109,9 +104,3 @@ async def status(conn: asyncpg.Connection, version: str | None = None) -> dict[s
 
 async def pins(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     return [jsonable(r) for r in await conn.fetch(Q_PINS)]
-
-
-async def deploy_log(
-    conn: asyncpg.Connection, device_key: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    return [jsonable(r) for r in await conn.fetch(Q_DEPLOY_LOG, device_key, limit)]

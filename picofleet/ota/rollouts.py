@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from picofleet.core.errors import Conflict, Invalid, NotFound
+from picofleet.core.rollout import ACTIONS
 from picofleet.core.settings import Settings
 from picofleet.core.signing import Signer
 from picofleet.ota import meta, takeover
@@ -390,7 +391,7 @@ async def withdraw(
 
 async def pause(conn: asyncpg.Connection, rollout_id: int) -> dict[str, Any]:
     r = await _rollout(conn, rollout_id)
-    if r["state"] != "running":
+    if r["state"] not in ACTIONS["pause"]:
         raise Conflict(f"rollout {rollout_id} is {r['state']}; only a running rollout pauses")
     withdrawn = await withdraw(conn, r, reason="paused", to_pending=True)
     await conn.execute(Q_SET_STATE, rollout_id, "paused", "paused by operator", _FINAL_OK)
@@ -414,7 +415,7 @@ async def resume(conn: asyncpg.Connection, rollout_id: int) -> dict[str, Any]:
 
 async def abort(conn: asyncpg.Connection, rollout_id: int) -> dict[str, Any]:
     r = await _rollout(conn, rollout_id)
-    if r["state"] not in ACTIVE_ROLLOUT_STATES:
+    if r["state"] not in ACTIONS["abort"]:
         raise Conflict(f"rollout {rollout_id} is already {r['state']}")
     skipped = await withdraw(conn, r, reason="aborted")
     await conn.execute(Q_SET_STATE, rollout_id, "aborted", "aborted by operator", _FINAL_OK)

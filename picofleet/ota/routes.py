@@ -6,7 +6,6 @@ GET  /api/ota/rollouts[/{id}]           rollouts           POST (JSON)          
 POST /api/ota/rollouts/{id}/pause|resume|abort                                  token
 POST /api/ota/rollback                  {"device_type"}                         token
 GET  /api/ota/status[?version=]         per-rollout and per-device state
-GET  /api/ota/deploy-log[?device=]      the deploy log, newest first
 GET  /api/ota/pins   PUT|DELETE /api/ota/pins/{device_key}                      token
 """
 
@@ -285,19 +284,10 @@ async def post_rollback(request: Request, body: RollbackIn) -> dict[str, Any]:
     )
 
 
-# -- status, log, pins ----------------------------------------------------------------------
+# -- status, pins (the deploy log: GET /api/deploy-log, picofleet.ops) ---------------------
 @router.get("/api/ota/status", tags=["ota"])
 async def get_status(request: Request, version: str | None = None) -> dict[str, Any]:
     return await _run(request, lambda c: queries.status(c, version))
-
-
-@router.get("/api/ota/deploy-log", tags=["ota"])
-async def get_deploy_log(
-    request: Request,
-    device: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-) -> list[dict[str, Any]]:
-    return await _run(request, lambda c: queries.deploy_log(c, device, limit))
 
 
 @router.get("/api/ota/pins", tags=["ota"])

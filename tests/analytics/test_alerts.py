@@ -120,8 +120,10 @@ async def test_battery_dips_and_recovers(rig: Rig, feed: Feed) -> None:
         "state",
         "opened_at",
         "closed_at",
+        "acked_at",  # an operator's acknowledgement (sql/0075_alert_ack.sql)
         "detail",
     }
+    assert first["acked_at"] is None
 
 
 async def test_device_goes_offline_and_returns(rig: Rig, feed: Feed) -> None:

@@ -8,32 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import asyncpg
-import pytest
 
 from picofleet.core.topics import Kind
-from tests.conftest import RunningHub, need
+from tests.conftest import RunningHub
 from tests.helpers import Client, wait_for
+from tests.ops.conftest import Browser
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=412,915",  # a phone
-)
 PUMPS = ("AI-PUMP01", "AI-PUMP02")
 LEGACY = "7"
 READINGS = 12
@@ -44,54 +27,6 @@ MOISTURE_POINTS = (
     "return s ? s.querySelector('polyline').getAttribute('points').trim().split(' ').length"
     " : 0; })()"
 )
-
-
-class Browser:
-    """Async face of a blocking WebDriver."""
-
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
-
-    async def get(self, url: str) -> None:
-        await asyncio.to_thread(self.driver.get, url)
-
-    async def js(self, script: str, *args: Any) -> Any:
-        return await asyncio.to_thread(self.driver.execute_script, script, *args)
-
-    async def until(self, script: str, *, timeout: float = 15.0) -> Any:
-        async def check() -> Any:
-            return await self.js(script)
-
-        return await wait_for(check, timeout=timeout, interval=0.1)
-
-    async def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / name
-        await asyncio.to_thread(self.driver.save_screenshot, str(path))
-        return path
-
-
-@pytest.fixture
-async def browser(hub: RunningHub, tmp_path: Path) -> AsyncIterator[Browser]:
-    """Headless Chromium; quits before the hub stops (it depends on ``hub``)."""
-    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
-    need(bool(chromium and driver_bin), "chromium and chromium-driver (apt)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(chromium)
-    for flag in CHROME_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = await asyncio.to_thread(
-        webdriver.Chrome, service=Service(str(driver_bin)), options=opts
-    )
-    driver.set_page_load_timeout(30)
-    try:
-        yield Browser(driver)
-    finally:
-        await asyncio.to_thread(driver.quit)
 
 
 def _connect(hub: RunningHub, key: str) -> Client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
-from picofleet.ops.svg import Box, line_chart, stacked_bar
+from picofleet.ops.svg import Box, line_chart, sparkline, stacked_bar
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 
@@ -31,6 +31,28 @@ def test_step_chart_holds_each_value() -> None:
     pts = coords(line_chart([(0.0, 0.0), (10.0, 1.0), (20.0, 0.0)], title="pump_on", step=True))
     assert len(pts) == 5
     assert pts[1][0] == pts[2][0] and pts[1][1] == pts[0][1]  # vertical edge at t=10
+
+
+def test_a_silence_is_a_gap_not_a_line() -> None:
+    """Readings every minute, then nothing for an hour: two lines, none across the hour."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    times = [t0 + timedelta(minutes=m) for m in (0, 1, 2, 3, 63, 64, 65)]
+    root = ET.fromstring(line_chart([(t, 1.0 + i) for i, t in enumerate(times)], title="soil"))
+    assert [len(p.get("points", "").split()) for p in root.findall("s:polyline", NS)] == [4, 3]
+    steps = ET.fromstring(
+        line_chart([(t, float(i % 2)) for i, t in enumerate(times)], title="pump", step=True)
+    )
+    # A step line holds each value until the next reading, never across the silence.
+    assert [len(p.get("points", "").split()) for p in steps.findall("s:polyline", NS)] == [7, 5]
+    # Evenly spaced readings stay one line; so does a sparkline of half-hour buckets.
+    even = ET.fromstring(
+        line_chart([(t0 + timedelta(minutes=m), 1.0) for m in range(9)], title="x")
+    )
+    assert len(even.findall("s:polyline", NS)) == 1
+    spark = ET.fromstring(
+        sparkline([(float(t), 1.0) for t in (0, 1800, 3600, 9 * 3600)], label="x", gap_s=5400)
+    )
+    assert len(spark.findall("s:polyline", NS)) == 1  # the lone last point draws no line
 
 
 def test_degenerate_inputs_still_draw() -> None:

@@ -420,7 +420,7 @@ async def test_rollback_and_pin(
     # to live subscribers; see test_live_device_sees_the_unpin.)
     await asyncio.to_thread(a.reset)
     await wait_for(lambda: asyncio.sleep(0, a.firmware == "1.3.0"))
-    log = (await api.get("/api/ota/deploy-log", params={"device": a.key})).json()
+    log = (await api.get("/api/deploy-log", params={"device": a.key, "limit": 200})).json()["items"]
     hub_states = [e["state"] for e in reversed(log) if e["source"] == "hub"]
     assert hub_states.count("pinned") == 1
     assert hub_states.index("unpinned") > hub_states.index("pinned")

@@ -153,6 +153,11 @@ def test_migrate_and_up_from_the_wheel(
             url = f"http://127.0.0.1:{http_port}/docs/assets/swagger-ui-bundle.js"
             with urllib.request.urlopen(url, timeout=5) as resp:
                 assert resp.status == 200 and len(resp.read()) > 1_000_000
+            # So do the dashboard's script and its vendored chart library.
+            for asset in ("dash.js", "uplot/uPlot.iife.min.js", "uplot/uPlot.min.css"):
+                url = f"http://127.0.0.1:{http_port}/static/{asset}"
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    assert resp.status == 200 and len(resp.read()) > 1_000
         finally:
             proc.send_signal(signal.SIGTERM)
             rest = proc.communicate(timeout=60)[0]
