@@ -1,7 +1,8 @@
 """The hub's areas, and where each plugs in. Top floor: only the assembly (picofleet/hub.py)
 and the root CLI read this list; no area imports another.
 
-Each area (OTA, USB, operator tools, analytics, the simulator, release, security) is a
+Each area (OTA, USB, operator tools, analytics, the simulator, release, security,
+Home Assistant) is a
 package under ``picofleet`` that may provide any of these modules:
 
     <pkg>.cli       def register(app: typer.Typer) -> None       CLI commands / groups
@@ -26,6 +27,7 @@ AREAS = (
     "picofleet.sim",
     "picofleet.release",
     "picofleet.security",
+    "picofleet.homeassistant",
 )
 
 

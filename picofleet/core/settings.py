@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     task_max_failures: int = 5
     task_failure_window_s: float = 300.0
 
+    # Home Assistant MQTT discovery (picofleet/homeassistant): off until the operator opts in;
+    # then the hub publishes retained entity configs under ha_discovery_prefix and each
+    # sensor's latest value, checking for new facts every ha_poll_s.
+    ha_discovery: bool = False
+    ha_discovery_prefix: str = "homeassistant"
+    ha_poll_s: float = Field(default=2.0, gt=0)
+
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
