@@ -9,6 +9,8 @@ package under ``picofleet`` that may provide any of these modules:
     <pkg>.routes    router: fastapi.APIRouter                     HTTP routes
     <pkg>.service   async def attach(hub, stop) -> list[Coroutine]
                     background loops run by the hub's bridge role (hub: HubContext)
+    <pkg>.metrics   async def collect(hub) -> list[prometheus_client Metric]
+                    families added to the hub's /metrics at every scrape
 
 A package that does not provide a module is skipped; one that fails to import is an error.
 """

@@ -202,8 +202,12 @@ async def open_broker(
 
 
 def build_app(hub: HubContext) -> FastAPI:
-    """The HTTP app with every area's routes."""
-    return create_app(hub, routers=[m.router for m in areas.modules("routes")])
+    """The HTTP app with every area's routes and metrics."""
+    return create_app(
+        hub,
+        routers=[m.router for m in areas.modules("routes")],
+        metric_sources=[m.collect for m in areas.modules("metrics")],
+    )
 
 
 async def start_areas(

@@ -27,7 +27,7 @@ from functools import partial
 import asyncpg
 
 from picofleet.bridge.decode import Decoder, Limits, Message
-from picofleet.bridge.ledger import Ledger, Rules, load_record_types
+from picofleet.bridge.ledger import Ledger, Rules, load_record_types, outcome
 from picofleet.bridge.metrics import IngestMetrics
 from picofleet.bridge.replay import split_replays
 from picofleet.core import logs
@@ -122,12 +122,12 @@ class Ingest:
         m.batch_size.observe(len(batch))
         m.batches += 1
         for msg in batch:
-            m.committed_by[msg.source] += 1
+            m.committed_by[(msg.source, outcome(msg))] += 1
             m.facts += len(msg.processed_ids)
             if msg.facts and not msg.processed_ids:
                 m.duplicates += 1
             for e in msg.errors:
-                m.rejected[e.code.value] += 1
+                m.rejected_by[(msg.source, e.code.value)] += 1
 
     async def store(self, builds: Sequence[Build]) -> list[Message]:
         """Decode and commit as one batch; returns the committed messages.

@@ -12,7 +12,6 @@ GET    /api/deploy-log                  deploy events, paging
 GET    /api/rollouts                    OTA rollouts with per-wave progress
 GET    /api/counters                    header counters
 GET    /api/events                      server-sent events (picofleet.ops.feed)
-GET    /metrics/ops                     this area's Prometheus lines
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from picofleet.core.topics import Kind
 from picofleet.ops import commands, metrics, pages, queries
@@ -351,8 +350,3 @@ async def events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
-
-
-@router.get("/metrics/ops", response_class=PlainTextResponse, include_in_schema=False)
-async def ops_metrics(hub: Hub) -> str:
-    return "\n".join(await metrics.metrics_lines(hub)) + "\n"

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 import picofleet
@@ -27,6 +27,7 @@ from picofleet.core.supervise import Supervisor
 from picofleet.core.topics import valid_device_key
 from picofleet.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.web.docs import install_docs
+from picofleet.web.metrics import HubMetrics, MetricSource
 
 
 @dataclass
@@ -81,9 +82,13 @@ def _refused(build: Build) -> Message:
     return msg
 
 
-def create_app(hub: HubContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
+def create_app(
+    hub: HubContext,
+    routers: Sequence[APIRouter] = (),
+    metric_sources: Sequence[MetricSource] = (),
+) -> FastAPI:
     """The hub's own routes (ingest, health, readiness, metrics, docs) and the areas'
-    ``routers``, which the assembly (picofleet/hub.py) passes in."""
+    ``routers`` and ``metric_sources``, which the assembly (picofleet/hub.py) passes in."""
     app = FastAPI(
         title="picofleet hub", version=picofleet.__version__, docs_url=None, redoc_url=None
     )
@@ -160,21 +165,13 @@ def create_app(hub: HubContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
             publish_rejections(hub.bridge.session, ing.topics, msgs)
         return JSONResponse([ingest_result(m) for m in msgs])
 
+    hub_metrics = HubMetrics(hub, metric_sources)
+
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
-        lines = hub.ingest.metrics.render()
-        lines += ["# TYPE picofleet_db_up gauge", f"picofleet_db_up {int(hub.ingest.db_ok)}"]
-        if hub.supervisor is not None:
-            lines += hub.supervisor.metrics_lines()
-        if hub.bridge is not None:
-            s = hub.bridge.session
-            lines += [
-                "# TYPE picofleet_broker_connected gauge",
-                f"picofleet_broker_connected {int(s.connected)}",
-                "# TYPE picofleet_bridge_buffered gauge",
-                f"picofleet_bridge_buffered {s.buffered}",
-            ]
-        return "\n".join(lines) + "\n"
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format: the ingest path, this process, and every area's gauges."""
+        body, content_type = await hub_metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     for router in routers:
         app.include_router(router)
