@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # A request's headers must be complete this long after the connection opens (or after
     # the previous response); slower clients are dropped (slowloris).
     http_header_timeout_s: float = Field(default=10.0, gt=0)
+    # A hub process without the http role (`serve bridge`) serves /metrics and /health on
+    # this port for Prometheus [none]; the http role's /metrics is on http_port.
+    metrics_port: int | None = None
     public_host: str | None = None
     # Base URL devices fetch artifacts from [http://<public_host or LAN address>:<http_port>].
     public_url: str | None = None

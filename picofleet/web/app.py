@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import picofleet
@@ -27,7 +27,8 @@ from picofleet.core.supervise import Supervisor
 from picofleet.core.topics import valid_device_key
 from picofleet.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.web.docs import install_docs
-from picofleet.web.metrics import HubMetrics, MetricSource
+from picofleet.web.metrics import MetricSource
+from picofleet.web.metrics import install as install_metrics
 
 
 @dataclass
@@ -165,13 +166,7 @@ def create_app(
             publish_rejections(hub.bridge.session, ing.topics, msgs)
         return JSONResponse([ingest_result(m) for m in msgs])
 
-    hub_metrics = HubMetrics(hub, metric_sources)
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics(request: Request) -> Response:
-        """Prometheus text format: the ingest path, this process, and every area's gauges."""
-        body, content_type = await hub_metrics.render(request.headers.get("accept"))
-        return Response(body, headers={"Content-Type": content_type})
+    install_metrics(app, hub, metric_sources)
 
     for router in routers:
         app.include_router(router)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -94,6 +96,30 @@ class _AreaFamilies(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
+
+
+def install(app: FastAPI, hub: HubContext, sources: Sequence[MetricSource]) -> None:
+    """``GET /metrics`` on ``app``, from a registry of its own."""
+    hub_metrics = HubMetrics(hub, sources)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format: the ingest path, this process, and every area's gauges."""
+        body, content_type = await hub_metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
+
+def metrics_app(hub: HubContext, sources: Sequence[MetricSource] = ()) -> FastAPI:
+    """The whole HTTP surface of a process without the http role: /metrics and /health."""
+    app = FastAPI(title="picofleet metrics", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        info = build_info()
+        return {"status": "ok", "version": info.version, "commit": info.commit}
+
+    install(app, hub, sources)
+    return app
 
 
 class HubMetrics:

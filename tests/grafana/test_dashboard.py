@@ -230,4 +230,6 @@ def test_compose_profile_wires_grafana_and_prometheus() -> None:
     (job,) = prom["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
     port = svcs["http"]["ports"][0].split(":")[-1]
-    assert job["static_configs"][0]["targets"] == [f"http:{port}"]
+    bridge = svcs["bridge"]["command"]
+    metrics_port = bridge[bridge.index("--metrics-port") + 1]
+    assert job["static_configs"][0]["targets"] == [f"http:{port}", f"bridge:{metrics_port}"]

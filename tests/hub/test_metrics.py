@@ -15,13 +15,15 @@ import time
 
 import asyncpg
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import picofleet
 from picofleet.core.buildinfo import build_info
+from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind
-from tests.conftest import RunningHub
-from tests.helpers import Client, metric, wait_for
+from tests.conftest import RunningHub, running_hub
+from tests.helpers import Client, free_port, metric, wait_for
 
 KEY = "AI-PROM01"
 NAME_RE = re.compile(r"^picofleet_[a-z0-9_]+$")
@@ -130,3 +132,30 @@ async def test_one_metrics_endpoint_with_known_values(hub: RunningHub, pool: asy
 
 def r_type(r: httpx.Response) -> str:
     return r.headers["content-type"]
+
+
+async def test_bridge_role_serves_metrics_on_its_own_port(settings: Settings) -> None:
+    """`serve bridge` has no HTTP API, yet its MQTT counters are what Prometheus needs most."""
+    s = settings.model_copy(update={"metrics_port": free_port()})
+    async with running_hub(s, roles=frozenset({"bridge"})) as hub:
+        dev = Client(hub.mqtt_port, KEY, hub.keys.device_password(KEY), client_id=KEY)
+        assert await asyncio.to_thread(dev.connect)
+        try:
+            body = {"v": 1, "seq": 1, "readings": [{"type": "pump_on", "value": 0}]}
+            topic = hub.topics.device(KEY, Kind.TELEMETRY)
+            await asyncio.to_thread(dev.publish, topic, json.dumps(body).encode())
+        finally:
+            dev.close()
+        base = f"http://127.0.0.1:{s.metrics_port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+
+            async def committed() -> bool:
+                text = (await http.get("/metrics")).text
+                return metric(text, "picofleet_messages_committed_total", source="mqtt") == 1
+
+            await wait_for(committed)
+            assert (await http.get("/health")).json()["status"] == "ok"
+            assert (await http.post("/ingest", json=[])).status_code in (404, 405)
+            assert (await http.get("/api/devices")).status_code == 404
+        with pytest.raises(httpx.ConnectError):  # and no HTTP API on http_port
+            await httpx.AsyncClient().get(f"http://127.0.0.1:{s.http_port}/health")
