@@ -73,3 +73,7 @@ async def entities(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 async def forget(conn: asyncpg.Connection, keys: list[str]) -> None:
     await conn.execute(Q_FORGET, keys)
+
+
+async def announced(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM ha_entity"))

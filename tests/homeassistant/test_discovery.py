@@ -26,14 +26,42 @@ from picofleet.core.credentials import OPERATOR_USER, FleetKeys
 from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind
 from tests.conftest import RunningHub, running_hub
-from tests.helpers import Client, wait_for
+from tests.helpers import Client, metric, wait_for
 
 SCHEMA = json.loads((Path(__file__).parent / "ha_mqtt_discovery.schema.json").read_text())
 KEY = "AI-HA0001"
 LEGACY = "7"
 PREFIX = "homeassistant"
 BROKERS = ["amqtt", "mosquitto"]
-TASK = 'task="homeassistant[0]"'  # the loop, as the hub's supervisor names it in /metrics
+TASK = "homeassistant[0]"  # the loop, as the hub's supervisor names it in /metrics
+
+
+def test_schema_is_valid_and_not_vacuous() -> None:
+    """The schema is a valid 2020-12 schema and refuses what Home Assistant refuses."""
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    good = {
+        "name": "Soil moisture",
+        "unique_id": "picofleet_x_soil",
+        "state_topic": "picofleet/state/x/soil_moisture_pct",
+        "device": {"identifiers": ["picofleet_x"], "name": "x"},
+        "device_class": "moisture",
+        "unit_of_measurement": "%",
+    }
+    validate("sensor", good)
+    bad: list[tuple[str, dict[str, Any]]] = [
+        ("sensor", {k: v for k, v in good.items() if k != "unique_id"}),
+        ("sensor", {k: v for k, v in good.items() if k != "state_topic"}),
+        ("sensor", {**good, "device": {"name": "no identifiers"}}),
+        ("sensor", {**good, "unit_of_measurement": "degC"}),  # moisture is in %
+        ("sensor", {**good, "device_class": "temperature", "unit_of_measurement": "degC"}),
+        ("sensor", {**good, "stat_topic": "typo"}),
+        ("sensor", {**good, "state_topic": "picofleet/state/+/x"}),
+        ("binary_sensor", {**good, "device_class": "moisture"}),
+        ("button", {**good, "command_topic": "x"}),  # a button has no state topic
+    ]
+    for component, config in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            validate(component, config)
 
 
 def validate(component: str, config: dict[str, Any]) -> None:
@@ -159,7 +187,9 @@ async def test_discovery_values_availability_and_removal(
         assert len({c["unique_id"] for c in configs.values()}) == len(expected)
 
         async with httpx.AsyncClient(base_url=hub.http) as http:
-            assert f"picofleet_task_up{{{TASK}}} 1" in (await http.get("/metrics")).text
+            text = (await http.get("/metrics")).text
+        assert metric(text, "picofleet_task_up", task=TASK) == 1
+        assert metric(text, "picofleet_ha_entities") == 4  # 3 of the device, 1 legacy
 
         # Values flow, and change when the device publishes again.
         soil_state, pump_state = soil["state_topic"], pump["state_topic"]
@@ -234,5 +264,7 @@ async def test_discovery_is_off_by_default(
     async with running_hub(settings) as hub, httpx.AsyncClient(base_url=hub.http) as http:
         body = {"device_id": 7, "event_type": "battery_charge", "value": 55, "timestamp": 1.7e9}
         assert (await http.post("/ingest", json=body)).status_code == 200
-        assert TASK not in (await http.get("/metrics")).text  # no discovery loop at all
+        text = (await http.get("/metrics")).text
+        assert f'task="{TASK}"' not in text  # no discovery loop at all
+        assert "picofleet_ha_entities" not in text
     assert await pool.fetchval("SELECT count(*) FROM ha_entity") == 0
