@@ -102,12 +102,12 @@ class Settings(BaseSettings):
             )
         return v
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "ha_discovery_prefix")
     @classmethod
     def _clean_prefix(cls, v: str) -> str:
         v = v.strip("/")
         if not v or any(c in v for c in "+#"):
-            raise ValueError("topic_prefix must be a non-empty topic level without wildcards")
+            raise ValueError("a topic prefix must be non-empty and without wildcards")
         return v
 
     @property

@@ -64,6 +64,13 @@ def test_schema_is_valid_and_not_vacuous() -> None:
             validate(component, config)
 
 
+def test_discovery_prefix_is_a_clean_topic_prefix() -> None:
+    assert Settings(ha_discovery_prefix="/ha/").ha_discovery_prefix == "ha"
+    for wrong in ("", "/", "ha/#", "+"):
+        with pytest.raises(ValueError):
+            Settings(ha_discovery_prefix=wrong)
+
+
 def validate(component: str, config: dict[str, Any]) -> None:
     schema = {**SCHEMA, "$ref": f"#/$defs/{component}"}
     jsonschema.Draft202012Validator(schema).validate(config)
