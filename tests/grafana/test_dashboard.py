@@ -233,3 +233,16 @@ def test_compose_profile_wires_grafana_and_prometheus() -> None:
     bridge = svcs["bridge"]["command"]
     metrics_port = bridge[bridge.index("--metrics-port") + 1]
     assert job["static_configs"][0]["targets"] == [f"http:{port}", f"bridge:{metrics_port}"]
+
+
+def test_panels_fit_the_grid_without_overlap() -> None:
+    for dash in dashboards():
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), "panel ids repeat"
+        taken: set[tuple[int, int]] = set()
+        for p in dash["panels"]:
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+            cells = {(g["x"] + i, g["y"] + j) for i in range(g["w"]) for j in range(g["h"])}
+            assert not cells & taken, f"{p['title']} overlaps another panel"
+            taken |= cells
