@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from picofleet.web.app import HubContext
 
 
+DISCOVERY_KEY = "homeassistant"  # hub.extra: this process's Discovery, for /metrics
+
+
 class Discovery:
     def __init__(
         self, pool: asyncpg.Pool, session: Source, topics: Topics, ha_prefix: str, poll_s: float
@@ -34,11 +37,18 @@ class Discovery:
         self.ha_prefix, self.poll_s = ha_prefix, poll_s
         self.announced: dict[str, Device] = {}  # as last announced by this process
         self.after: int | None = None  # facts up to this id are published
+        self.failures = 0  # ticks the database failed
         self._log = logs.get("homeassistant")
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Tick every poll_s until ``stop``; a tick the database fails is retried next time
+        (a database outage must not use up the supervisor's restarts and stop the hub)."""
         while not stop.is_set():
-            await self.tick()
+            try:
+                await self.tick()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                self.failures += 1
+                self._log.warning("ha.tick_failed", error=f"{type(exc).__name__}: {exc}"[:200])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_s)
 
@@ -106,4 +116,5 @@ async def attach(hub: HubContext, stop: asyncio.Event) -> list[Coroutine[Any, An
     discovery = Discovery(
         hub.pool, hub.bridge.session, Topics(s.topic_prefix), s.ha_discovery_prefix, s.ha_poll_s
     )
+    hub.extra[DISCOVERY_KEY] = discovery
     return [discovery.run(stop)]

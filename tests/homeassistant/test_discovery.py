@@ -275,3 +275,33 @@ async def test_discovery_is_off_by_default(
         assert f'task="{TASK}"' not in text  # no discovery loop at all
         assert "picofleet_ha_entities" not in text
     assert await pool.fetchval("SELECT count(*) FROM ha_entity") == 0
+
+
+async def test_a_failing_database_is_retried_not_fatal(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """The loop outlives database errors without spending the supervisor's restarts (five
+    of them stop the whole hub), and catches up when the database answers again."""
+    s = settings.model_copy(update={"ha_discovery": True, "ha_poll_s": 0.05})
+    async with running_hub(s) as hub, httpx.AsyncClient(base_url=hub.http) as http:
+        await pool.execute("REVOKE SELECT ON ha_entity FROM picofleet_runtime")
+
+        async def scrape() -> str:
+            return (await http.get("/metrics")).text
+
+        async def failing() -> bool:
+            return metric(await scrape(), "picofleet_ha_tick_failures_total") >= 10
+
+        await wait_for(failing)
+        await pool.execute("GRANT SELECT ON ha_entity TO picofleet_runtime")
+        body = {"device_id": 7, "event_type": "battery_charge", "value": 55, "timestamp": 1.7e9}
+        assert (await http.post("/ingest", json=body)).json()[0]["status"] == "ok"
+
+        async def announced() -> bool:
+            text = await scrape()
+            return "picofleet_ha_entities" in text and metric(text, "picofleet_ha_entities") == 1
+
+        await wait_for(announced)
+        text = await scrape()
+        assert metric(text, "picofleet_task_restarts_total", task=TASK) == 0
+        assert metric(text, "picofleet_task_up", task=TASK) == 1
