@@ -10,6 +10,10 @@ import asyncpg
 # report every few seconds); later starts resume after the newest fact already published.
 SEED_FACTS = 20_000
 PAGE = 5_000
+# Ids are taken at insert and rows become visible at commit, so a slower transaction (a big
+# bridge batch beside a POST /ingest) can commit facts behind the watermark: every round reads
+# the last OVERLAP ids again. The upsert keeps only what is newer than what was published.
+OVERLAP = 1_000
 
 Q_WATERMARK = """
 SELECT coalesce((SELECT max(fact_id) FROM ha_entity),
@@ -53,11 +57,13 @@ async def watermark(conn: asyncpg.Connection) -> int:
 
 
 async def new_facts(conn: asyncpg.Connection, after: int) -> list[asyncpg.Record]:
-    return list(await conn.fetch(Q_FACTS, after, PAGE))
+    """Facts after the watermark, and those of the OVERLAP ids before it."""
+    return list(await conn.fetch(Q_FACTS, max(after - OVERLAP, 0), PAGE))
 
 
-async def remember(conn: asyncpg.Connection, latest: list[asyncpg.Record]) -> None:
-    await conn.execute(
+async def remember(conn: asyncpg.Connection, latest: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """Upsert the newest fact per entity; returns the entities that changed (new or newer)."""
+    return await conn.fetch(
         Q_UPSERT,
         [r["device_key"] for r in latest],
         [r["record_type"] for r in latest],

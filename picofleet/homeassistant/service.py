@@ -61,8 +61,7 @@ class Discovery:
                 self.after = await queries.watermark(conn)
             facts = await queries.new_facts(conn, self.after)
             latest = {(r["device_key"], r["record_type"]): r for r in facts}
-            if latest:
-                await queries.remember(conn, list(latest.values()))
+            changed = await queries.remember(conn, list(latest.values())) if latest else []
             rows = await queries.entities(conn)
         by_device: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
@@ -88,9 +87,10 @@ class Discovery:
                 self.announced[key] = dev
                 fresh.add(key)
                 self._log.info("ha.announced", device=key, entities=len(rs))
-        for (key, record_type), r in latest.items():
+        for r in changed:
+            key = r["device_key"]
             if key in self.announced and key not in fresh:
-                self._state(key, record_type, r["value"])
+                self._state(key, r["record_type"], r["value"])
         if gone:
             for key in gone:
                 types = [r["record_type"] for r in by_device[key]]
@@ -101,7 +101,7 @@ class Discovery:
             async with self.pool.acquire() as conn:
                 await queries.forget(conn, gone)
         if facts:
-            self.after = facts[-1]["id"]
+            self.after = max(self.after, facts[-1]["id"])
 
     def _state(self, key: str, record_type: str, value: float) -> None:
         self._publish(

@@ -305,3 +305,43 @@ async def test_a_failing_database_is_retried_not_fatal(
         text = await scrape()
         assert metric(text, "picofleet_task_restarts_total", task=TASK) == 0
         assert metric(text, "picofleet_task_up", task=TASK) == 1
+
+
+async def test_facts_committed_behind_the_watermark_are_announced(
+    settings: Settings, pool: asyncpg.Pool, db_url: str
+) -> None:
+    """A transaction that took its fact id first but commits last (a big bridge batch beside
+    a POST /ingest) is not skipped: its device still reaches Home Assistant."""
+    s = settings.model_copy(update={"ha_discovery": True, "ha_poll_s": 0.05})
+    async with running_hub(s) as hub, httpx.AsyncClient(base_url=hub.http) as http:
+        slow = await asyncpg.connect(db_url)
+        try:
+            tx = slow.transaction()
+            await tx.start()
+            dev_id = await slow.fetchval(
+                "INSERT INTO device (device_key) VALUES ('8') RETURNING id"
+            )
+            raw_id = await slow.fetchval(
+                "INSERT INTO raw_record (received_at, source, topic, payload, payload_size) "
+                "VALUES (now(), 'http', 'picofleet/ingest', '\\x7b7d', 2) RETURNING id"
+            )
+            await slow.execute(
+                "INSERT INTO processed_record (raw_id, device_id, record_type_id, record_time, "
+                "value) SELECT $1, $2, id, now(), 40 FROM record_type WHERE name = 'humidity_pct'",
+                raw_id,
+                dev_id,
+            )
+            body = {"device_id": 7, "event_type": "battery_charge", "value": 55, "timestamp": 1.7e9}
+            assert (await http.post("/ingest", json=body)).json()[0]["status"] == "ok"
+            # The later id is announced while the earlier one is still uncommitted.
+            await wait_for(_async_db(pool, "SELECT count(*) = 1 FROM ha_entity"))
+            await tx.commit()
+        finally:
+            await slow.close()
+        await wait_for(
+            _async_db(
+                pool,
+                "SELECT count(*) = 1 FROM ha_entity "
+                "WHERE device_key = '8' AND record_type = 'humidity_pct'",
+            )
+        )
