@@ -37,6 +37,7 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float
 ON CONFLICT (device_key, record_type) DO UPDATE
     SET unit = excluded.unit, fact_id = excluded.fact_id, value = excluded.value
     WHERE ha_entity.fact_id < excluded.fact_id
+RETURNING device_key, record_type, value
 """
 
 # Every announced entity with its device as it is now (no device row: deleted).
