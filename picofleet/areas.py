@@ -1,9 +1,8 @@
 """The hub's areas, and where each plugs in. Top floor: only the assembly (picofleet/hub.py)
 and the root CLI read this list; no area imports another.
 
-Each area (OTA, USB, operator tools, analytics, the simulator, release, security,
-Home Assistant) is a
-package under ``picofleet`` that may provide any of these modules:
+Each area (OTA, USB, operator tools, analytics, the simulator, release, security, Home
+Assistant) is a package under ``picofleet`` that may provide any of these modules:
 
     <pkg>.cli       def register(app: typer.Typer) -> None       CLI commands / groups
     <pkg>.routes    router: fastapi.APIRouter                     HTTP routes
