@@ -111,7 +111,7 @@ def pretty(record_type: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def _device_block(dev: Device) -> dict[str, Any]:
+def _device_block(dev: Device, hub_url: str | None) -> dict[str, Any]:
     block: dict[str, Any] = {
         "identifiers": [node_id(dev.key)],
         "name": f"picofleet {dev.key}",
@@ -123,14 +123,18 @@ def _device_block(dev: Device) -> dict[str, Any]:
         block["sw_version"] = dev.firmware
     if dev.serial:
         block["serial_number"] = dev.serial
+    if hub_url:  # Home Assistant's "visit device" link: the hub's page of the device
+        block["configuration_url"] = f"{hub_url}/devices/{dev.key}"
     return block
 
 
-def _common(dev: Device, topics: Topics, object_id: str, name: str) -> dict[str, Any]:
+def _common(
+    dev: Device, topics: Topics, object_id: str, name: str, hub_url: str | None
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "name": name,
         "unique_id": unique_id(dev.key, object_id),
-        "device": _device_block(dev),
+        "device": _device_block(dev, hub_url),
         "origin": {"name": "picofleet", "sw_version": picofleet.__version__},
         "qos": 1,
     }
@@ -147,8 +151,10 @@ def _common(dev: Device, topics: Topics, object_id: str, name: str) -> dict[str,
     return cfg
 
 
-def entity_config(dev: Device, topics: Topics, record_type: str, unit: str) -> dict[str, Any]:
-    cfg = _common(dev, topics, record_type, pretty(record_type))
+def entity_config(
+    dev: Device, topics: Topics, record_type: str, unit: str, hub_url: str | None = None
+) -> dict[str, Any]:
+    cfg = _common(dev, topics, record_type, pretty(record_type), hub_url)
     cfg["state_topic"] = topics.sensor_state(dev.key, record_type)
     if record_type in BINARY_CLASSES:
         cfg["device_class"] = BINARY_CLASSES[record_type]
@@ -164,8 +170,10 @@ def entity_config(dev: Device, topics: Topics, record_type: str, unit: str) -> d
     return cfg
 
 
-def button_config(dev: Device, topics: Topics, button: Button) -> dict[str, Any]:
-    cfg = _common(dev, topics, button.object_id, button.name)
+def button_config(
+    dev: Device, topics: Topics, button: Button, hub_url: str | None = None
+) -> dict[str, Any]:
+    cfg = _common(dev, topics, button.object_id, button.name, hub_url)
     cfg["command_topic"] = topics.device(dev.key, Kind.CMD)
     cfg["payload_press"] = json.dumps(button.command, separators=(",", ":"))
     if button.device_class:
@@ -182,16 +190,18 @@ def buttons(dev: Device) -> tuple[Button, ...]:
     return (REBOOT,)
 
 
-def configs(dev: Device, topics: Topics, ha_prefix: str) -> dict[str, bytes]:
+def configs(
+    dev: Device, topics: Topics, ha_prefix: str, hub_url: str | None = None
+) -> dict[str, bytes]:
     """Every discovery topic of the device and its retained config payload."""
     node = node_id(dev.key)
     out: dict[str, bytes] = {}
     for record_type, unit in dev.types:
         topic = ha_discovery(ha_prefix, component(record_type), node, record_type)
-        out[topic] = _encode(entity_config(dev, topics, record_type, unit))
+        out[topic] = _encode(entity_config(dev, topics, record_type, unit, hub_url))
     for b in buttons(dev):
         out[ha_discovery(ha_prefix, "button", node, b.object_id)] = _encode(
-            button_config(dev, topics, b)
+            button_config(dev, topics, b, hub_url)
         )
     return out
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from picofleet.core import logs
+from picofleet.core import endpoints, logs
 from picofleet.core.source import Source
 from picofleet.core.topics import Topics
 from picofleet.homeassistant import entities, queries
@@ -31,10 +31,16 @@ DISCOVERY_KEY = "homeassistant"  # hub.extra: this process's Discovery, for /met
 
 class Discovery:
     def __init__(
-        self, pool: asyncpg.Pool, session: Source, topics: Topics, ha_prefix: str, poll_s: float
+        self,
+        pool: asyncpg.Pool,
+        session: Source,
+        topics: Topics,
+        ha_prefix: str,
+        poll_s: float,
+        hub_url: str | None = None,
     ) -> None:
         self.pool, self.session, self.topics = pool, session, topics
-        self.ha_prefix, self.poll_s = ha_prefix, poll_s
+        self.ha_prefix, self.poll_s, self.hub_url = ha_prefix, poll_s, hub_url
         self.announced: dict[str, Device] = {}  # as last announced by this process
         self.after: int | None = None  # facts up to this id are published
         self.failures = 0  # ticks the database failed
@@ -80,7 +86,9 @@ class Discovery:
                 types=tuple((r["record_type"], r["unit"]) for r in rs),
             )
             if self.announced.get(key) != dev:
-                for topic, payload in entities.configs(dev, self.topics, self.ha_prefix).items():
+                for topic, payload in entities.configs(
+                    dev, self.topics, self.ha_prefix, self.hub_url
+                ).items():
                     self._publish(topic, payload)
                 for r in rs:  # the retained values may be gone (a new broker, a wiped store)
                     self._state(key, r["record_type"], r["value"])
@@ -114,7 +122,12 @@ async def attach(hub: HubContext, stop: asyncio.Event) -> list[Coroutine[Any, An
     if not s.ha_discovery or hub.bridge is None:
         return []
     discovery = Discovery(
-        hub.pool, hub.bridge.session, Topics(s.topic_prefix), s.ha_discovery_prefix, s.ha_poll_s
+        hub.pool,
+        hub.bridge.session,
+        Topics(s.topic_prefix),
+        s.ha_discovery_prefix,
+        s.ha_poll_s,
+        hub_url=endpoints.public_url(s),
     )
     hub.extra[DISCOVERY_KEY] = discovery
     return [discovery.run(stop)]

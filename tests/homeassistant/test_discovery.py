@@ -22,6 +22,7 @@ import httpx
 import jsonschema
 import pytest
 
+from picofleet.core import endpoints
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys
 from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind
@@ -181,6 +182,8 @@ async def test_discovery_values_availability_and_removal(
         assert (soil["device_class"], soil["unit_of_measurement"]) == ("moisture", "%")
         assert soil["device"]["identifiers"] == [f"picofleet_{KEY}"]
         assert soil["device"]["sw_version"] == "1.4.0"
+        public = endpoints.public_url(hub.settings)
+        assert soil["device"]["configuration_url"] == f"{public}/devices/{KEY}"
         assert soil["availability"][0]["topic"] == status
         temp = configs[node.format("sensor", "temperature_c")]
         assert (temp["device_class"], temp["unit_of_measurement"]) == ("temperature", "°C")
