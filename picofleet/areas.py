@@ -1,13 +1,15 @@
 """The hub's areas, and where each plugs in. Top floor: only the assembly (picofleet/hub.py)
 and the root CLI read this list; no area imports another.
 
-Each area (OTA, USB, operator tools, analytics, the simulator, release, security) is a
-package under ``picofleet`` that may provide any of these modules:
+Each area (OTA, USB, operator tools, analytics, the simulator, release, security, Home
+Assistant) is a package under ``picofleet`` that may provide any of these modules:
 
     <pkg>.cli       def register(app: typer.Typer) -> None       CLI commands / groups
     <pkg>.routes    router: fastapi.APIRouter                     HTTP routes
     <pkg>.service   async def attach(hub, stop) -> list[Coroutine]
                     background loops run by the hub's bridge role (hub: HubContext)
+    <pkg>.metrics   async def collect(hub) -> list[prometheus_client Metric]
+                    families added to the hub's /metrics at every scrape
 
 A package that does not provide a module is skipped; one that fails to import is an error.
 """
@@ -26,6 +28,7 @@ AREAS = (
     "picofleet.sim",
     "picofleet.release",
     "picofleet.security",
+    "picofleet.homeassistant",
 )
 
 

@@ -90,6 +90,9 @@ def serve(
     role: Annotated[str, typer.Argument(help="bridge, http or usb-gateway")],
     data_dir: DataDir = None,
     http_port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="bridge: serve /metrics for Prometheus on this port.")
+    ] = None,
 ) -> None:
     """Run one role against PICOFLEET_DATABASE_URL and PICOFLEET_MQTT_URL."""
     from picofleet.hub import run_hub
@@ -101,7 +104,7 @@ def serve(
         return
     if role not in ("bridge", "http"):
         raise CommandError(f"unknown role {role!r}; use bridge, http or usb-gateway")
-    settings = settings_for(data_dir, http_port=http_port)
+    settings = settings_for(data_dir, http_port=http_port, metrics_port=metrics_port)
     if not settings.database_url:
         raise CommandError("serve needs PICOFLEET_DATABASE_URL (or DATABASE_URL)")
     asyncio.run(run_hub(settings, roles={role}, embedded_broker=False))

@@ -36,6 +36,7 @@ from picofleet.core.source import Source
 from picofleet.core.supervise import Supervisor
 from picofleet.core.topics import Topics
 from picofleet.web.app import HubContext, create_app
+from picofleet.web.metrics import MetricSource, metrics_app
 from picofleet.web.server import serve_http
 
 DRAIN_SECONDS = 10.0
@@ -202,9 +203,15 @@ async def open_broker(
     return BrokerSide("127.0.0.1", port, port, policy=policy, tap=tap)
 
 
+def metric_sources() -> list[MetricSource]:
+    return [m.collect for m in areas.modules("metrics")]
+
+
 def build_app(hub: HubContext) -> FastAPI:
-    """The HTTP app with every area's routes."""
-    return create_app(hub, routers=[m.router for m in areas.modules("routes")])
+    """The HTTP app with every area's routes and metrics."""
+    return create_app(
+        hub, routers=[m.router for m in areas.modules("routes")], metric_sources=metric_sources()
+    )
 
 
 async def start_areas(
@@ -285,6 +292,10 @@ async def run_hub(
         if http_port:
             app = build_app(hub)
             supervisor.start("http", partial(serve_http, app, settings, http_port, stop))
+        elif settings.metrics_port:  # a bridge without HTTP still answers Prometheus
+            app = metrics_app(hub, metric_sources())
+            port = settings.metrics_port
+            supervisor.start("metrics", partial(serve_http, app, settings, port, stop))
         ep = Endpoints(
             url, broker.mqtt_host, broker.mqtt_port, http_port, operator_port=broker.session_port
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from picofleet.core.credentials import FleetKeys
 
@@ -83,6 +84,19 @@ def startup_body(
     }
     body.update(over)
     return body
+
+
+def metric(text: str, sample: str, **labels: str) -> float:
+    """The sum of the samples called ``sample`` (e.g. ``x_total``, ``x_bucket``) whose labels
+    include ``labels``, in Prometheus text parsed by prometheus_client; fails when none."""
+    found = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    ]
+    assert found, f"no sample {sample}{labels} in /metrics"
+    return float(sum(found))
 
 
 def free_port() -> int:

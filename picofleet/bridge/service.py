@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from picofleet.bridge.decode import Decoder, Limits, Message
-from picofleet.bridge.ledger import Ledger, Rules, Stored, load_record_types
+from picofleet.bridge.ledger import Ledger, Rules, Stored, load_record_types, status_of
 from picofleet.bridge.metrics import IngestMetrics
 from picofleet.bridge.replay import split_replays
 from picofleet.core import logs
@@ -119,12 +119,12 @@ class Ingest:
         m.batch_size.observe(len(batch))
         m.batches += 1
         for w in stored:
-            m.committed_by[w.msg.source] += 1
+            m.committed_by[(w.msg.source, status_of(w))] += 1
             m.facts += len(w.processed_ids)
             if w.facts and not w.processed_ids:
                 m.duplicates += 1
             for e in w.errors:
-                m.rejected[e.code.value] += 1
+                m.rejected_by[(w.msg.source, e.code.value)] += 1
         return stored
 
     async def store(self, batch: Sequence[Message]) -> list[Stored]:

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # A request's headers must be complete this long after the connection opens (or after
     # the previous response); slower clients are dropped (slowloris).
     http_header_timeout_s: float = Field(default=10.0, gt=0)
+    # A hub process without the http role (`serve bridge`) serves /metrics and /health on
+    # this port for Prometheus [none]; the http role's /metrics is on http_port.
+    metrics_port: int | None = None
     public_host: str | None = None
     # Base URL devices fetch artifacts from [http://<public_host or LAN address>:<http_port>].
     public_url: str | None = None
@@ -77,6 +80,13 @@ class Settings(BaseSettings):
     task_max_failures: int = 5
     task_failure_window_s: float = 300.0
 
+    # Home Assistant MQTT discovery (picofleet/homeassistant): off until the operator opts in;
+    # then the hub publishes retained entity configs under ha_discovery_prefix and each
+    # sensor's latest value, checking for new facts every ha_poll_s.
+    ha_discovery: bool = False
+    ha_discovery_prefix: str = "homeassistant"
+    ha_poll_s: float = Field(default=2.0, gt=0)
+
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -92,12 +102,12 @@ class Settings(BaseSettings):
             )
         return v
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "ha_discovery_prefix")
     @classmethod
     def _clean_prefix(cls, v: str) -> str:
         v = v.strip("/")
         if not v or any(c in v for c in "+#"):
-            raise ValueError("topic_prefix must be a non-empty topic level without wildcards")
+            raise ValueError("a topic prefix must be non-empty and without wildcards")
         return v
 
     @property

@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from picofleet.core import logs
 
 Factory = Callable[[], Awaitable[None]]
@@ -128,18 +130,18 @@ class Supervisor:
                 f" (last: {st.last_error})"
             )
 
-    def metrics_lines(self) -> list[str]:
-        lines = [
-            "# HELP picofleet_task_up Whether the hub's task is running (1) or down (0).",
-            "# TYPE picofleet_task_up gauge",
-        ]
-        lines += [f'picofleet_task_up{{task="{n}"}} {int(s.up)}' for n, s in self.states.items()]
-        lines += [
-            "# HELP picofleet_task_restarts_total Times the hub restarted a failed task.",
-            "# TYPE picofleet_task_restarts_total counter",
-        ]
-        lines += [
-            f'picofleet_task_restarts_total{{task="{n}"}} {s.restarts}'
-            for n, s in self.states.items()
-        ]
-        return lines
+    def metric_families(self) -> list[Metric]:
+        up = GaugeMetricFamily(
+            "picofleet_task_up",
+            "Whether the hub's task is running (1) or down (0).",
+            labels=["task"],
+        )
+        restarts = CounterMetricFamily(
+            "picofleet_task_restarts",
+            "Times the hub restarted a failed task.",
+            labels=["task"],
+        )
+        for n, st in self.states.items():
+            up.add_metric([n], int(st.up))
+            restarts.add_metric([n], st.restarts)
+        return [up, restarts]

@@ -11,6 +11,8 @@
 {prefix}/ingest/errors                hub -> engineers QoS 0
 {prefix}/hub/status                   hub, retained (last will)
 {prefix}/alerts/{kind}                hub -> operators
+{prefix}/state/{dev}/{type}           hub -> Home Assistant, retained: a sensor's latest value
+{ha_prefix}/{component}/{node}/{object}/config   hub -> Home Assistant, retained discovery
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class Topics:
     def alert(self, kind: str) -> str:
         return f"{self.prefix}/alerts/{kind}"
 
+    def sensor_state(self, key: str, record_type: str) -> str:
+        """The latest committed value of one device's record type, republished by the hub
+        (outside the device's own namespace, so no device can write it)."""
+        return f"{self.prefix}/state/{key}/{record_type}"
+
     def inbound_filters(self) -> list[str]:
         """Subscription filters of the bridge: every device->hub topic plus legacy ingest."""
         filters = [f"{self.prefix}/devices/+/{k.value}" for k in INBOUND_KINDS]
@@ -103,3 +110,8 @@ class Topics:
         except ValueError:
             return None
         return Parsed(kind, key)
+
+
+def ha_discovery(ha_prefix: str, component: str, node_id: str, object_id: str) -> str:
+    """Home Assistant's discovery topic: <prefix>/<component>/<node_id>/<object_id>/config."""
+    return f"{ha_prefix}/{component}/{node_id}/{object_id}/config"

@@ -14,7 +14,6 @@ GET    /static/...                      dash.js and the vendored uPlot
 GET    /api/rollouts                    OTA rollouts with per-wave progress
 GET    /api/counters                    header counters
 GET    /api/events                      server-sent events (picofleet.ops.feed)
-GET    /metrics/ops                     this area's Prometheus lines
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
-    PlainTextResponse,
     Response,
     StreamingResponse,
 )
@@ -396,8 +394,3 @@ async def events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
-
-
-@router.get("/metrics/ops", response_class=PlainTextResponse, include_in_schema=False)
-async def ops_metrics(hub: Hub) -> str:
-    return "\n".join(await metrics.metrics_lines(hub)) + "\n"

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
@@ -27,6 +27,8 @@ from picofleet.core.supervise import Supervisor
 from picofleet.core.topics import valid_device_key
 from picofleet.security.limits import BodySizeLimit, RefuseNul, body_limit
 from picofleet.web.docs import install_docs
+from picofleet.web.metrics import MetricSource
+from picofleet.web.metrics import install as install_metrics
 
 AreaSettings = TypeVar("AreaSettings", bound=BaseSettings)
 
@@ -89,9 +91,13 @@ def ingest_sender(authorization: str | None, keys: FleetKeys) -> tuple[str | Non
     return user, keys.check_password(user, password)
 
 
-def create_app(hub: HubContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
+def create_app(
+    hub: HubContext,
+    routers: Sequence[APIRouter] = (),
+    metric_sources: Sequence[MetricSource] = (),
+) -> FastAPI:
     """The hub's own routes (ingest, health, readiness, metrics, docs) and the areas'
-    ``routers``, which the assembly (picofleet/hub.py) passes in."""
+    ``routers`` and ``metric_sources``, which the assembly (picofleet/hub.py) passes in."""
     app = FastAPI(
         title="picofleet hub", version=picofleet.__version__, docs_url=None, redoc_url=None
     )
@@ -165,21 +171,7 @@ def create_app(hub: HubContext, routers: Sequence[APIRouter] = ()) -> FastAPI:
             publish_rejections(hub.bridge.session, ing.topics, stored)
         return JSONResponse([ingest_result(w) for w in stored])
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
-        lines = hub.ingest.metrics.render()
-        lines += ["# TYPE picofleet_db_up gauge", f"picofleet_db_up {int(hub.ingest.db_ok)}"]
-        if hub.supervisor is not None:
-            lines += hub.supervisor.metrics_lines()
-        if hub.bridge is not None:
-            s = hub.bridge.session
-            lines += [
-                "# TYPE picofleet_broker_connected gauge",
-                f"picofleet_broker_connected {int(s.connected)}",
-                "# TYPE picofleet_bridge_buffered gauge",
-                f"picofleet_bridge_buffered {s.buffered}",
-            ]
-        return "\n".join(lines) + "\n"
+    install_metrics(app, hub, metric_sources)
 
     for router in routers:
         app.include_router(router)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from tests.delivery.conftest import (
     wait_facts,
 )
 from tests.faults import TcpProxy
-from tests.helpers import SECRET, Client, free_port, wait_for
+from tests.helpers import SECRET, Client, free_port, metric, wait_for
 
 PER_DEVICE = 1000  # 10 devices: a 10,000-message stream
 
@@ -109,13 +108,11 @@ async def test_postgres_outage_mid_stream(
                 ready = await http.get(f"http://127.0.0.1:{s.http_port}/ready")
                 metrics = (await http.get(f"http://127.0.0.1:{s.http_port}/metrics")).text
             assert ready.status_code == 503
-            assert "picofleet_db_up 0" in metrics
+            assert metric(metrics, "picofleet_db_up") == 0
             during = (await fact_counts(pool))[0]
             peak = 0
             while not outage.done():
-                m = re.search(r"^picofleet_bridge_buffered (\d+)$", metrics, re.M)
-                assert m is not None
-                buffered = int(m.group(1))
+                buffered = int(metric(metrics, "picofleet_bridge_buffered_messages"))
                 async with httpx.AsyncClient() as http:
                     metrics = (await http.get(f"http://127.0.0.1:{s.http_port}/metrics")).text
                 peak = max(peak, buffered)

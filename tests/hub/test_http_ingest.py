@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 
 from tests.conftest import RunningHub
+from tests.helpers import metric
 
 
 async def post(hub: RunningHub, body: bytes) -> list[dict[str, object]]:
@@ -65,5 +66,6 @@ async def test_health_ready_metrics(hub: RunningHub) -> None:
         assert ready.json()["checks"] == {"database": True, "broker": True, "tasks": True}
         await client.post("/ingest", content=b"[]")
         text = (await client.get("/metrics")).text
-    assert 'picofleet_messages_committed_total{source="http"} 1' in text
-    assert 'picofleet_messages_rejected_total{code="validation_error"} 1' in text
+    assert metric(text, "picofleet_messages_committed_total", source="http") == 1
+    assert metric(text, "picofleet_messages_committed_total", outcome="invalid") == 1
+    assert metric(text, "picofleet_messages_rejected_total", code="validation_error") == 1

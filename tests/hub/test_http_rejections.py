@@ -12,7 +12,7 @@ import httpx
 
 from picofleet.core.topics import Kind
 from tests.conftest import RunningHub
-from tests.helpers import Client, wait_for
+from tests.helpers import Client, metric, wait_for
 
 
 async def _operator(hub: RunningHub) -> Client:
@@ -56,10 +56,7 @@ async def test_http_rejection_has_code_and_is_published(
 
 
 def _sample(text: str, name: str, source: str) -> int:
-    prefix = f'{name}{{source="{source}"}} '
-    values = [line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)]
-    assert len(values) == 1, (name, source, text)
-    return int(float(values[0]))
+    return int(metric(text, name, source=source))
 
 
 async def test_metrics_count_every_source(hub: RunningHub, pool: asyncpg.Pool) -> None:

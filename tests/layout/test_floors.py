@@ -19,7 +19,7 @@ FLOORS: list[set[str]] = [
     {"core"},  # the contract: settings, topics, credentials, db, logs, files, runtime
     {"broker", "bridge", "security"},  # stand on the contract, not on each other
     {"web"},  # the HTTP app's own routes and the context areas get (HubContext)
-    {"ota", "usb", "ops", "analytics", "release", "sim"},  # the areas
+    {"ota", "usb", "ops", "analytics", "release", "sim", "homeassistant"},  # the areas
     {"areas"},  # the list of areas, read by the two modules above it
     {"hub"},  # the assembly: database, broker, bridge, areas, HTTP
     {"cli"},  # the root CLI: ``picofleet``

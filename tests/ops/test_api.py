@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 
 from picofleet.core.credentials import FleetKeys
+from tests.helpers import metric
 
 T0 = 1_763_000_000  # 2025-11-13, a fixed clock for the readings
 
@@ -225,10 +226,11 @@ async def test_counters_and_ops_metrics(api: httpx.AsyncClient) -> None:
     await ingest(api, b"nope")
     counters = (await api.get("/api/counters")).json()
     assert counters["devices"] == 2 and counters["online"] == 2 and counters["errors_24h"] == 1
-    text = (await api.get("/metrics/ops")).text
-    assert 'picofleet_devices{state="online"} 2' in text
-    assert "picofleet_ops_db_scrape_ok 1" in text
-    assert 'picofleet_db_pool_connections{state="max"} 4' in text
+    text = (await api.get("/metrics")).text  # one /metrics: /metrics/ops is merged into it
+    assert metric(text, "picofleet_devices", state="online") == 2
+    assert metric(text, "picofleet_ops_db_scrape_ok") == 1
+    assert metric(text, "picofleet_db_pool_connections", state="max") == 4
+    assert (await api.get("/metrics/ops")).status_code == 404
 
 
 async def test_rollouts_show_per_wave_progress(api: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
@@ -267,4 +269,4 @@ async def test_rollouts_show_per_wave_progress(api: httpx.AsyncClient, pool: asy
     ]
     html = (await api.get("/")).text
     assert 'id="rollouts"' in html and "seg-failed" in html and "2 (50%)" in html
-    assert 'picofleet_rollouts{state="running"} 1' in (await api.get("/metrics/ops")).text
+    assert metric((await api.get("/metrics")).text, "picofleet_rollouts", state="running") == 1

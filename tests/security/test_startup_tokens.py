@@ -19,7 +19,7 @@ from picofleet.core.credentials import FleetKeys
 from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind
 from tests.conftest import RunningHub
-from tests.helpers import startup_body, wait_for
+from tests.helpers import metric, startup_body, wait_for
 from tests.security.peers import Peer
 
 KEY, OTHER = "AI-BOOT001", "AI-BOOT002"
@@ -112,7 +112,7 @@ async def test_forged_startups_are_refused_counted_and_alerted(
 
         async with httpx.AsyncClient(base_url=hub.http) as client:
             metrics = (await client.get("/metrics")).text
-        assert f'picofleet_messages_rejected_total{{code="{CODE}"}} {refused}' in metrics
+        assert metric(metrics, "picofleet_messages_rejected_total", code=CODE) == refused
 
         dev_row = await pool.fetchrow(
             "SELECT provisioned_at, firmware FROM device WHERE device_key = $1", KEY
