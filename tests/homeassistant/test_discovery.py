@@ -135,7 +135,7 @@ async def test_discovery_values_availability_and_removal(
     async with hub_on(broker, settings, mosquitto_factory) as (hub, device_port, ha_port):
         t = hub.topics
         status = t.device(KEY, Kind.STATUS)
-        ha = Watcher(ha_port, OPERATOR_USER, keys.role_password(OPERATOR_USER), "ha")
+        ha = Watcher(ha_port, OPERATOR_USER, keys.role_password(OPERATOR_USER), OPERATOR_USER)
         await connect(ha)
         await subscribe(ha, f"{PREFIX}/#")
         await subscribe(ha, f"{t.prefix}/state/#")
@@ -244,7 +244,7 @@ async def test_discovery_values_availability_and_removal(
         await wait_for(_async_db(pool, "SELECT count(*) = 0 FROM ha_entity"))
 
         # A late subscriber (Home Assistant starting now) gets no retained config at all.
-        late = Watcher(ha_port, OPERATOR_USER, keys.role_password(OPERATOR_USER), "ha-late")
+        late = Watcher(ha_port, OPERATOR_USER, keys.role_password(OPERATOR_USER), OPERATOR_USER)
         await connect(late)
         await subscribe(late, f"{PREFIX}/#")
         await publish(late, f"{t.prefix}/devices/{KEY}/cmd", b"{}")  # a round trip: retained came
