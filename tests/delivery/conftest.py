@@ -107,10 +107,12 @@ async def in_process_bridge(
 
 
 def bridge_process(
-    db_url: str, mqtt_port: int, data_dir: str, client_id: str
+    db_url: str, mqtt_port: int, data_dir: str, client_id: str, **extra: str
 ) -> subprocess.Popen[bytes]:
+    """``picofleet serve bridge`` as its own process; ``extra``: more environment."""
     env = dict(
         os.environ,
+        **extra,
         PICOFLEET_DATABASE_URL=db_url,
         PICOFLEET_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}",
         PICOFLEET_PROVISION_SECRET=SECRET,

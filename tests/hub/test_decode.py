@@ -225,3 +225,30 @@ def test_never_raises_on_garbage() -> None:
         ):
             m = d.decode(topic, payload, received_at=time.time())
             assert m.errors or m.facts or m.status is not None
+
+
+def test_a_remembered_topic_gets_the_same_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoder remembers each topic's parse (issue 18): every message on a topic, first
+    or later, valid or not, gets the same verdict; the memory stays bounded."""
+    import picofleet.bridge.decode as decode
+
+    monkeypatch.setattr(decode, "TOPIC_CACHE_MAX", 3)
+    d = dec()
+    reading = {"type": "battery_charge", "value": 50}
+    body = json.dumps({"v": 1, "seq": 1, "ts": NOW, "readings": [reading]}).encode()
+    expect = [
+        (T.device("AI-1", Kind.TELEMETRY), [], "AI-1", 1),
+        ("picofleet/devices/bad key!/telemetry", [Code.INVALID_DEVICE_KEY], None, 0),
+        ("picofleet/elsewhere", [Code.UNKNOWN_TOPIC], None, 0),
+        (T.ingest, [Code.VALIDATION_ERROR], None, 0),  # an envelope carries no device_id
+        (T.device("AI-2", Kind.TELEMETRY), [], "AI-2", 1),
+    ]
+    for _ in range(3):
+        for topic, errors, key, facts in expect:
+            got = d.decode(topic, body, received_at=NOW)
+            assert ([e.code for e in got.errors], got.device_key, len(got.facts)) == (
+                errors,
+                key,
+                facts,
+            ), topic
+            assert len(d._routes) <= 3
