@@ -108,6 +108,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         provision_secret=SecretStr(SECRET),
         mqtt_port=free_port(),
         mqtt_hub_port=free_port(),
+        mqtts_port=free_port(),
         http_port=free_port(),
         topic_prefix="picofleet",
         mqtt_bind="127.0.0.1",
@@ -203,6 +204,8 @@ async def running_hub(
     """The hub's roles in this loop, on ``settings``; stopped (cleanly) on exit."""
     from picofleet.hub import run_hub
 
+    if "mqtts_port" not in settings.model_fields_set:  # never the shared default 8883
+        settings = settings.model_copy(update={"mqtts_port": free_port()})
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         run_hub(

@@ -32,6 +32,9 @@ RECORDED = (
     "public_url",
     "broker",  # with mqtt_hub_port: where operators connect on a managed Mosquitto
     "mqtt_hub_port",
+    "tls",  # with mqtts_port and https: whether and where clients speak TLS
+    "mqtts_port",
+    "https",
 )
 # ``up`` works its public URL out afresh at each start (the LAN address may have changed),
 # and runs the broker it is told to.
@@ -74,7 +77,16 @@ def public_url(settings: Settings) -> str:
     host = settings.public_host or (
         lan_address() if settings.http_bind in _WILDCARD else settings.http_bind
     )
-    return f"http://{host}:{settings.http_port}"
+    return f"{http_scheme(settings)}://{host}:{settings.http_port}"
+
+
+def http_scheme(settings: Settings) -> str:
+    return "https" if settings.https_enabled else "http"
+
+
+def local_http_url(settings: Settings) -> str:
+    """The hub's HTTP API as a command on this machine reaches it."""
+    return f"{http_scheme(settings)}://{local_host(settings.http_bind)}:{settings.http_port}"
 
 
 def read(data_path: Path) -> dict[str, Any] | None:
@@ -113,6 +125,9 @@ def record(settings: Settings, *, database_url: str, http: bool) -> Path:
         "mqtt_port": settings.mqtt_port,
         "broker": settings.broker,
         "mqtt_hub_port": settings.hub_mqtt_port,
+        "tls": settings.tls,
+        "mqtts_port": settings.mqtts_port,
+        "https": settings.https_enabled,
         "http_bind": settings.http_bind,
         "http_port": settings.http_port if http else None,
         "public_url": public_url(settings) if http else None,

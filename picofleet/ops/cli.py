@@ -17,14 +17,19 @@ import typer
 
 from picofleet.core.command import CommandError, DataDir, settings_for
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys
-from picofleet.core.endpoints import fleet_keys, local_host
-from picofleet.core.settings import Settings, mqtt_endpoint
+from picofleet.core.endpoints import fleet_keys, local_http_url
+from picofleet.core.mqttclient import MqttTarget, hub_target
+from picofleet.core.settings import Settings
+from picofleet.core.tls import TlsError, trusted_ca
 from picofleet.core.topics import Topics
 from picofleet.ops import device_cli
 
 MqttOpt = Annotated[
     str | None,
-    typer.Option("--mqtt", help="Broker HOST:PORT [PICOFLEET_MQTT_URL or 127.0.0.1:mqtt_port]."),
+    typer.Option(
+        "--mqtt",
+        help="Broker [mqtts://]HOST:PORT [PICOFLEET_MQTT_URL or this host's listener].",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
@@ -34,17 +39,14 @@ def keys_for(settings: Settings) -> FleetKeys:
     return FleetKeys(fleet_keys(settings).secret)
 
 
-def _broker(settings: Settings, mqtt: str | None, *, device: bool = False) -> tuple[str, int]:
+def _broker(settings: Settings, mqtt: str | None, *, device: bool = False) -> MqttTarget:
     """Where to connect: as a device (smoke) to the devices' listener, else to the hub's
-    (they differ on a managed Mosquitto, picofleet/broker/mosquitto.py)."""
+    (they differ on a managed Mosquitto, picofleet/broker/mosquitto.py); over TLS when the
+    hub speaks it."""
     try:
-        if mqtt:
-            return mqtt_endpoint(mqtt)
-        if settings.mqtt_url:
-            return mqtt_endpoint(settings.mqtt_url)
-    except ValueError as exc:
+        return hub_target(settings, device=device, url=mqtt)
+    except (ValueError, TlsError) as exc:
         raise CommandError(str(exc)) from None
-    return local_host(settings.mqtt_bind), settings.mqtt_port if device else settings.hub_mqtt_port
 
 
 def tail(
@@ -64,8 +66,8 @@ def tail(
     from rich.console import Console
     from rich.text import Text
 
+    from picofleet.core.mqttclient import BlockingClient, ConnectFailed
     from picofleet.ops import tail as tl
-    from picofleet.ops.mqttc import BlockingClient, ConnectFailed
 
     settings = settings_for(data_dir)
     keys = keys_for(settings)
@@ -74,16 +76,16 @@ def tail(
         sel = tl.select(topics, pattern, errors=errors)
     except tl.PatternError as exc:
         raise CommandError(str(exc)) from None
-    host, port = _broker(settings, mqtt)
+    target = _broker(settings, mqtt)
     console = Console(highlight=False, soft_wrap=True)
     colour = console.is_terminal
     deadline = time.monotonic() + duration if duration is not None else None
     shown = 0
     try:
-        with BlockingClient(host, port, OPERATOR_USER, keys.role_password(OPERATOR_USER)) as client:
+        with BlockingClient(target, OPERATOR_USER, keys.role_password(OPERATOR_USER)) as client:
             client.subscribe(sel.filters)
             if colour:
-                console.print(f"[dim]following {' '.join(sel.filters)} on {host}:{port}[/dim]")
+                console.print(f"[dim]following {' '.join(sel.filters)} on {target}[/dim]")
             while count is None or shown < count:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -108,7 +110,7 @@ def tail(
                 else:
                     typer.echo(line.plain())
     except ConnectFailed as exc:
-        raise CommandError(f"cannot follow {host}:{port}: {exc.reason}") from None
+        raise CommandError(f"cannot follow {target}: {exc.reason}") from None
     except KeyboardInterrupt:
         return
     if count is not None and shown < count:
@@ -162,11 +164,13 @@ def smoke(
     from picofleet.ops import smoke as sm
 
     settings = settings_for(data_dir)
-    host, port = _broker(settings, mqtt, device=True)
+    target = _broker(settings, mqtt, device=True)
     run = sm.Smoke(
-        http=http or f"http://{local_host(settings.http_bind)}:{settings.http_port}",
-        mqtt_host=host,
-        mqtt_port=port,
+        http=http or local_http_url(settings),
+        mqtt_host=target.host,
+        mqtt_port=target.port,
+        mqtt_ca=target.ca,
+        http_ca=trusted_ca(settings),
         keys=keys_for(settings),
         topics=Topics(settings.topic_prefix),
         timeout=timeout,

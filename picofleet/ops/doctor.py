@@ -34,8 +34,9 @@ from picofleet.core.credentials import (
     FleetKeys,
     load_fleet_secret,
 )
+from picofleet.core.mqttclient import ConnectFailed, MqttTarget, hub_target, probe
 from picofleet.core.settings import Settings, mqtt_endpoint
-from picofleet.ops.mqttc import ConnectFailed, probe
+from picofleet.core.tls import TlsError
 
 SANE_EPOCH = 1_704_067_200  # 2024-01-01: a clock before this was never set (no RTC on a Pi)
 DISK_FAIL_BYTES = 256 * 1024**2
@@ -77,6 +78,7 @@ class Target:
     http_url: str
     expect_http: bool
     skip: frozenset[str] = frozenset()
+    mqtt_ca: Path | None = None  # the hub's CA when its broker speaks TLS
 
 
 def target_for(
@@ -86,16 +88,16 @@ def target_for(
     http: str | None = None,
     skip: frozenset[str] = frozenset(),
 ) -> Target:
-    if mqtt is not None:
-        host, port = mqtt_endpoint(mqtt)
-    elif settings.mqtt_url:
-        host, port = mqtt_endpoint(settings.mqtt_url)
-    else:
-        host, port = "127.0.0.1", settings.hub_mqtt_port  # hub and operator credentials
+    try:  # hub and operator credentials: the hub's listener
+        mq = hub_target(settings, device=False, url=mqtt)
+    except TlsError:  # no CA yet (no hub started here): the plain loopback listener
+        host, port = mqtt_endpoint(mqtt or settings.mqtt_url or f"127.0.0.1:{settings.mqtt_port}")
+        mq = MqttTarget(host, port)
     return Target(
         settings=settings,
-        mqtt_host=host,
-        mqtt_port=port,
+        mqtt_host=mq.host,
+        mqtt_port=mq.port,
+        mqtt_ca=mq.ca,
         expect_mqtt=mqtt is not None or bool(settings.mqtt_url),
         http_url=(http or f"http://127.0.0.1:{settings.http_port}").rstrip("/"),
         expect_http=http is not None,
@@ -296,7 +298,8 @@ def check_mqtt(t: Target, keys: FleetKeys | None) -> Result:
         return Result("mqtt", Status.SKIP, f"{where}: no fleet secret to derive credentials")
     try:
         for user in (HUB_USER, OPERATOR_USER):
-            probe(t.mqtt_host, t.mqtt_port, user, keys.role_password(user), TIMEOUT_S)
+            target = MqttTarget(t.mqtt_host, t.mqtt_port, t.mqtt_ca)
+            probe(target, user, keys.role_password(user), TIMEOUT_S)
     except ConnectFailed as exc:
         if exc.refused:
             return Result(

@@ -25,7 +25,8 @@ from typing import Any
 
 from picofleet.core import logs
 from picofleet.core.credentials import FleetKeys
-from picofleet.core.settings import Settings, mqtt_endpoint
+from picofleet.core.mqttclient import MqttTarget, hub_target
+from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind, Topics, valid_device_key
 from picofleet.usb._discovery import Mode, UsbBoard, extra_ports, serial_boards
 from picofleet.usb._hold import held_ports
@@ -37,11 +38,10 @@ PENDING_MAX = 100  # lines held per port until its device key is known
 _HELLO = b"hello\r\n"
 
 
-def broker_endpoint(settings: Settings) -> tuple[str, int]:
-    """The broker the hub uses: PICOFLEET_MQTT_URL, else the embedded one on this host."""
-    if settings.mqtt_url:
-        return mqtt_endpoint(settings.mqtt_url)
-    return "127.0.0.1", settings.mqtt_port
+def broker_endpoint(settings: Settings) -> MqttTarget:
+    """The broker the hub uses: PICOFLEET_MQTT_URL, else the embedded one on this host (over
+    TLS when the hub speaks it)."""
+    return hub_target(settings, device=True)
 
 
 @dataclass
@@ -62,6 +62,7 @@ class UsbGateway:
 
     Args:
         host, port: the MQTT broker.
+        ca: its CA certificate, when it speaks TLS.
         keys: derives each device's MQTT password.
         topics: the topic contract.
         usb: the USB settings (extra ports, scan interval, queue bound).
@@ -79,8 +80,9 @@ class UsbGateway:
         usb: UsbSettings,
         hold_dir: Path | None = None,
         discover: Callable[[], list[UsbBoard]] = serial_boards,
+        ca: Path | None = None,
     ) -> None:
-        self.host, self.port = host, port
+        self.host, self.port, self.ca = host, port, ca
         self.keys, self.topics, self.usb = keys, topics, usb
         self.hold_dir = hold_dir
         self._discover = discover
@@ -205,8 +207,7 @@ class UsbGateway:
         pub = self._publishers.get(key)
         if pub is None:
             pub = DevicePublisher(
-                host=self.host,
-                port=self.port,
+                target=MqttTarget(self.host, self.port, self.ca),
                 key=key,
                 password=self.keys.device_password(key),
                 queue_max=self.usb.usb_queue_max,

@@ -13,34 +13,34 @@ import time
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from picofleet.core import logs
+from picofleet.core.mqttclient import MqttTarget, new_client
 
 
 class DevicePublisher:
     """Publishes a device's telemetry as the device.
 
     Args:
-        host, port: the broker.
+        target: the broker (and its CA when it speaks TLS).
         key: the device key (its MQTT username).
         password: its derived MQTT password.
         queue_max: messages held while disconnected before new ones are dropped (counted).
     """
 
     def __init__(
-        self, *, host: str, port: int, key: str, password: str, queue_max: int, keepalive: int = 30
+        self,
+        *,
+        target: MqttTarget,
+        key: str,
+        password: str,
+        queue_max: int,
+        keepalive: int = 30,
     ) -> None:
         self.key = key
         self.dropped = 0
-        self._host, self._port, self._keepalive = host, port, keepalive
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"usbgw-{key}",
-            clean_session=True,
-            protocol=paho.MQTTv311,
-        )
-        self._client.username_pw_set(key, password)
+        self._host, self._port, self._keepalive = target.host, target.port, keepalive
+        self._client = new_client(target, client_id=f"usbgw-{key}", username=key, password=password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=15)
         self._client.max_queued_messages_set(queue_max)
         self._client.on_connect = self._on_connect

@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from picofleet.core.settings import Settings
+from picofleet.core.tls import ensure_tls
 from picofleet.web.header_timeout import header_timeout_protocol
 
 
@@ -22,6 +23,11 @@ class _HttpServer(uvicorn.Server):
 
 
 async def serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Event) -> None:
+    tls: dict[str, Any] = {}
+    if settings.https_enabled:
+        # The operator token and the dashboard's actions never cross the network in clear.
+        files = ensure_tls(settings)
+        tls = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
     config = uvicorn.Config(
         app,
         host=settings.http_bind,
@@ -30,6 +36,7 @@ async def serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Even
         access_log=False,
         lifespan="off",
         http=header_timeout_protocol(settings.http_header_timeout_s),
+        **tls,
     )
     server = _HttpServer(config)
     task = asyncio.create_task(server.serve(), name="hub[http].serve")
