@@ -146,9 +146,11 @@ async def mosquitto_factory(tmp_path: Path, policy: Policy) -> AsyncIterator[Any
     need(mosquitto_available(), "mosquitto")
     stack = contextlib.AsyncExitStack()
 
-    async def start(device_keys: list[str], port: int | None = None) -> Any:
-        """Devices connect to ``.port``, the hub and operators to ``.hub_port``."""
+    async def start(device_keys: list[str], port: int | None = None, tls: Any = None) -> Any:
+        """Devices connect to ``.port``, the hub and operators to ``.hub_port``; with ``tls``
+        (TlsFiles) devices also to ``.tls_port`` and the hub's listener speaks TLS."""
         port, hub_port = port or free_port(), free_port()
+        tls_port = free_port() if tls is not None else None
         conf = mosquitto.write_config(
             tmp_path / f"mosq-{port}",
             policy,
@@ -156,9 +158,12 @@ async def mosquitto_factory(tmp_path: Path, policy: Policy) -> AsyncIterator[Any
             bind="127.0.0.1",
             port=port,
             hub_port=hub_port,
+            tls=tls,
+            tls_port=tls_port,
+            hub_tls=tls is not None,
         )
         return await stack.enter_async_context(
-            mosquitto.ManagedMosquitto(conf, port=port, hub_port=hub_port)
+            mosquitto.ManagedMosquitto(conf, port=port, hub_port=hub_port, tls_port=tls_port)
         )
 
     async with stack:

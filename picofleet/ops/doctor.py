@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import stat
 import subprocess
 import time
@@ -34,9 +35,10 @@ from picofleet.core.credentials import (
     FleetKeys,
     load_fleet_secret,
 )
+from picofleet.core.endpoints import local_http_url
 from picofleet.core.mqttclient import ConnectFailed, MqttTarget, hub_target, probe
 from picofleet.core.settings import Settings, mqtt_endpoint
-from picofleet.core.tls import TlsError
+from picofleet.core.tls import TlsError, client_context, trusted_ca
 
 SANE_EPOCH = 1_704_067_200  # 2024-01-01: a clock before this was never set (no RTC on a Pi)
 DISK_FAIL_BYTES = 256 * 1024**2
@@ -79,6 +81,7 @@ class Target:
     expect_http: bool
     skip: frozenset[str] = frozenset()
     mqtt_ca: Path | None = None  # the hub's CA when its broker speaks TLS
+    http_ca: Path | None = None  # the CA an https:// hub must chain to
 
 
 def target_for(
@@ -99,7 +102,8 @@ def target_for(
         mqtt_port=mq.port,
         mqtt_ca=mq.ca,
         expect_mqtt=mqtt is not None or bool(settings.mqtt_url),
-        http_url=(http or f"http://127.0.0.1:{settings.http_port}").rstrip("/"),
+        http_url=(http or local_http_url(settings)).rstrip("/"),
+        http_ca=trusted_ca(settings),
         expect_http=http is not None,
         skip=skip,
     )
@@ -324,10 +328,14 @@ def check_mqtt(t: Target, keys: FleetKeys | None) -> Result:
     return Result("mqtt", Status.OK, f"{where} accepts the hub and operator credentials")
 
 
+def _tls(t: Target) -> ssl.SSLContext | None:
+    return None if t.http_ca is None else client_context(t.http_ca)
+
+
 def check_http(t: Target) -> Result:
     url = t.http_url
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=TIMEOUT_S) as r:
+        with urllib.request.urlopen(f"{url}/health", timeout=TIMEOUT_S, context=_tls(t)) as r:
             body = json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return Result(
@@ -348,7 +356,7 @@ def check_http(t: Target) -> Result:
     if body.get("status") != "ok":
         return Result("http", Status.FAIL, f"{url}/health: {body}", "see the hub's log")
     try:
-        with urllib.request.urlopen(f"{url}/ready", timeout=TIMEOUT_S) as r:
+        with urllib.request.urlopen(f"{url}/ready", timeout=TIMEOUT_S, context=_tls(t)) as r:
             ready = json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as exc:
         ready = json.loads(exc.read() or b"{}")

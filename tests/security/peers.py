@@ -7,8 +7,10 @@ counts disconnects, which is what the client-id takeover cells need to observe.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -24,13 +26,17 @@ class Peer:
         *,
         client_id: str = "",
         clean_session: bool = True,
+        ca: Path | None = None,
     ) -> None:
+        """``ca``: connect over TLS, trusting only this CA certificate."""
         self.c = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,
             protocol=paho.MQTTv311,
         )
+        if ca is not None:
+            self.c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
         if username is not None:
             self.c.username_pw_set(username, password)
         self.port = port
