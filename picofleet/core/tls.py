@@ -231,8 +231,9 @@ def ca_file(settings: Settings) -> Path:
     path = tls_dir(settings) / "ca.pem"
     if not path.exists():
         raise TlsError(
-            f"no hub CA at {path}: start the hub (`picofleet up`), run `picofleet tls init`, "
-            "or set PICOFLEET_TLS_CA to the hub's CA certificate"
+            f"no hub CA at {path}: pass --data-dir DIR or set PICOFLEET_DATA_DIR to the data "
+            "dir of the running hub, run `picofleet tls init` there, or set PICOFLEET_TLS_CA "
+            "to the hub's CA certificate"
         )
     return path
 

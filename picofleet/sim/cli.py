@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
         from picofleet.core.topics import Topics
 
         settings = settings_for(data_dir)
+        keys = fleet_keys(settings)
         ca = None
         if host is None and port is None and not firmware:
             try:  # the hub's own devices' listener: over TLS when the hub speaks it
@@ -88,7 +89,6 @@ def register(app: typer.Typer) -> None:
         # The firmware boards' TLS is the board harness's (picofleet.sim.board).
         host = host or local_host(settings.mqtt_bind)
         port = port or settings.mqtt_port
-        keys = fleet_keys(settings)
         topics = Topics(settings.topic_prefix)
         if fmt not in ("legacy", "v1", "mixed"):
             raise CommandError("--format must be legacy, v1 or mixed")
