@@ -168,12 +168,19 @@ async def test_our_clients_refuse_an_untrusted_server(
 
 
 # -- the hub: TLS by default, plain on loopback only, HTTPS off loopback --------------------
+@pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
 async def test_off_loopback_only_tls_answers(
-    settings: Settings, pool: asyncpg.Pool, keys: FleetKeys
+    settings: Settings, pool: asyncpg.Pool, keys: FleetKeys, broker: str
 ) -> None:
+    """On both brokers; on Mosquitto the bridge's own session crosses TLS too (the hub's
+    listener is not on loopback)."""
     lan = lan_address()
     assert lan != "127.0.0.1", "this test needs an address besides loopback"
-    wide = settings.model_copy(update={"mqtt_bind": "0.0.0.0", "http_bind": "0.0.0.0"})
+    wide = settings.model_copy(
+        update={"mqtt_bind": "0.0.0.0", "http_bind": "0.0.0.0", "broker": broker}
+    )
+    # Mosquitto admits only devices the hub knows (its password file).
+    await pool.execute("INSERT INTO device (device_key) VALUES ($1)", KEY)
     async with running_hub(wide, keys) as hub:
         s = hub.settings
         ca = s.data_path / "tls" / "ca.pem"
