@@ -198,6 +198,13 @@ def broker_config(
     hub_port: Annotated[
         int | None, typer.Option(help="The hub's and operators' listener port [port + 1].")
     ] = None,
+    tls_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Devices over TLS on this port with the hub's CA (made in the data dir if "
+            "missing); the plain port then listens on loopback only."
+        ),
+    ] = None,
     device: Annotated[
         list[str] | None, typer.Option("--device", help="Device key to admit (repeatable).")
     ] = None,
@@ -241,6 +248,14 @@ def broker_config(
             ids = (int(uid), int(gid or uid))
         except ValueError:
             raise CommandError(f"--owner wants numeric UID[:GID], not {owner!r}") from None
+    tls = None
+    if tls_port is not None:
+        from picofleet.core.tls import ensure_tls
+
+        try:
+            tls = ensure_tls(settings)
+        except TlsError as exc:
+            raise CommandError(str(exc)) from None
     url = settings.database_url if from_db else None
     if watch and not url:
         raise CommandError("--watch follows the device table: set PICOFLEET_DATABASE_URL")
@@ -253,6 +268,8 @@ def broker_config(
         extra=extra,
         owner=ids,
         max_packet=settings.mqtt_max_packet_bytes,
+        tls=tls,
+        tls_port=tls_port,
     )
 
     if url is None:
