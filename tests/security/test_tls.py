@@ -268,3 +268,38 @@ async def test_a_capture_of_the_device_path_holds_no_password(
     assert len(sealed) > 500, "the capture saw the TLS session"
     assert password not in sealed
     assert b'"readings"' not in sealed
+
+
+async def test_the_usb_gateway_publishes_over_tls(
+    settings: Settings, pool: asyncpg.Pool, keys: FleetKeys
+) -> None:
+    from picofleet.usb._gateway import broker_endpoint
+    from picofleet.usb._publisher import DevicePublisher
+
+    async with running_hub(settings, keys) as hub:
+        target = broker_endpoint(hub.settings)
+        assert (target.port, target.tls) == (hub.settings.mqtts_port, True)
+        pub = DevicePublisher(
+            target=target, key=KEY, password=keys.device_password(KEY), queue_max=10
+        )
+        pub.start()
+        try:
+            assert pub.publish(hub.topics.device(KEY, Kind.TELEMETRY), telemetry())
+
+            async def landed() -> bool:
+                return await pool.fetchval("SELECT count(*) FROM raw_record") == 1
+
+            await wait_for(landed, timeout=15)
+        finally:
+            await asyncio.to_thread(pub.close)
+        assert (pub.dropped, pub.unacked) == (0, 0)
+
+
+def test_the_banner_tails_over_tls(settings: Settings, keys: FleetKeys) -> None:
+    from picofleet.hub import Endpoints, banner
+
+    ca = Path("/data/tls/ca.pem")
+    ep = Endpoints("postgresql://x@h/db", "127.0.0.1", 1883, 8000, operator_port=8883, ca=ca)
+    text = banner(settings.model_copy(update={"mqtts_port": 8883}), keys, ep)
+    (line,) = [ln for ln in text.splitlines() if "mosquitto_sub" in ln]
+    assert f"-p 8883 --cafile {ca}" in line
