@@ -49,7 +49,8 @@ class Endpoints:
     mqtt_port: int
     http_port: int | None
     operator_port: int | None = None  # where operators connect, when not mqtt_port
-    ca: Path | None = None  # the CA clients trust, when devices and operators speak TLS
+    ca: Path | None = None  # the CA operators' clients trust, when their listener speaks TLS
+    tls_ca: Path | None = None  # the hub's CA, when devices speak TLS
 
 
 def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
@@ -57,7 +58,7 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
     host = settings.public_host or "127.0.0.1"
     op = keys.role_password(OPERATOR_USER)
     mqtt = f"{host}:{ep.mqtt_port}  ({settings.broker})"
-    if ep.ca is not None:
+    if ep.tls_ca is not None:
         mqtt = f"{host}:{settings.mqtts_port} TLS, {mqtt} plain on {settings.mqtt_plain_bind}"
     lines = [
         "picofleet hub is up",
@@ -65,8 +66,8 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
         f"  database   {ep.database_url.split('@')[-1]}  (picofleet db url)",
         f"  mqtt       {mqtt}",
     ]
-    if ep.ca is not None:
-        lines.append(f"  hub CA     {ep.ca}  (devices and clients trust only this)")
+    if ep.tls_ca is not None:
+        lines.append(f"  hub CA     {ep.tls_ca}  (devices and clients trust only this)")
     if ep.http_port:
         url = f"{endpoints.http_scheme(settings)}://{host}:{ep.http_port}/"
         lines.append(f"  http       {url}  (/health /ready /docs)")
@@ -111,6 +112,7 @@ class BrokerSide:
     session_port: int  # where the hub's own session connects
     session_ca: Path | None = None  # the CA of that listener, when it speaks TLS
     operator: MqttTarget | None = None  # where operators connect (the banner)
+    tls_ca: Path | None = None  # the hub's CA, when devices speak TLS
     policy: Policy | None = None  # the embedded brokers' access policy
     tap: Tap | None = None  # the embedded amqtt broker feeds the bridge directly
     on_change: Callable[[set[str]], Awaitable[None]] | None = None
@@ -183,6 +185,7 @@ async def _managed_mosquitto(
         settings.hub_mqtt_port,
         session_ca=hub_ca,
         operator=MqttTarget("127.0.0.1", settings.hub_mqtt_port, hub_ca),
+        tls_ca=None if tls is None else tls.ca_cert,
         policy=policy,
         on_change=refresh_users,
         users_state=users_now,
@@ -232,7 +235,9 @@ async def open_broker(
         port if tls is None else settings.mqtts_port,
         None if tls is None else tls.ca_cert,
     )
-    return BrokerSide("127.0.0.1", port, port, policy=policy, tap=tap, operator=operator)
+    return BrokerSide(
+        "127.0.0.1", port, port, policy=policy, tap=tap, operator=operator, tls_ca=operator.ca
+    )
 
 
 def build_app(hub: HubContext) -> FastAPI:
@@ -316,6 +321,7 @@ async def run_hub(
             http_port,
             operator_port=op.port if op else broker.session_port,
             ca=op.ca if op else None,
+            tls_ca=broker.tls_ca,
         )
         if embedded_broker:
             endpoints.record(settings, database_url=url, http=bool(http_port))

@@ -37,8 +37,10 @@ RECORDED = (
     "https",
 )
 # ``up`` works its public URL out afresh at each start (the LAN address may have changed),
-# and runs the broker it is told to.
-RECORDED_FOR_UP = tuple(f for f in RECORDED if f not in ("public_url", "broker", "mqtt_hub_port"))
+# runs the broker it is told to, and decides TLS and HTTPS from its own settings.
+RECORDED_FOR_UP = tuple(
+    f for f in RECORDED if f not in ("public_url", "broker", "mqtt_hub_port", "tls", "https")
+)
 _WILDCARD = ("", "0.0.0.0", "::")
 
 

@@ -150,7 +150,7 @@ def doctor(
 
 def smoke(
     http: Annotated[
-        str | None, typer.Option("--http", help="Hub URL [http://127.0.0.1:http_port].")
+        str | None, typer.Option("--http", help="Hub URL [http(s)://127.0.0.1:http_port].")
     ] = None,
     mqtt: MqttOpt = None,
     device: Annotated[str | None, typer.Option(help="Device key to use [smoke-<random>].")] = None,

@@ -15,7 +15,8 @@ import typer
 from picofleet.core.command import CommandError, DataDir, settings_for
 
 HttpOpt = Annotated[
-    str | None, typer.Option("--http", metavar="URL", help="Hub URL [http://127.0.0.1:http_port].")
+    str | None,
+    typer.Option("--http", metavar="URL", help="Hub URL [http(s)://127.0.0.1:http_port]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 WaitOpt = Annotated[

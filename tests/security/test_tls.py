@@ -299,7 +299,9 @@ def test_the_banner_tails_over_tls(settings: Settings, keys: FleetKeys) -> None:
     from picofleet.hub import Endpoints, banner
 
     ca = Path("/data/tls/ca.pem")
-    ep = Endpoints("postgresql://x@h/db", "127.0.0.1", 1883, 8000, operator_port=8883, ca=ca)
+    ep = Endpoints(
+        "postgresql://x@h/db", "127.0.0.1", 1883, 8000, operator_port=8883, ca=ca, tls_ca=ca
+    )
     text = banner(settings.model_copy(update={"mqtts_port": 8883}), keys, ep)
     (line,) = [ln for ln in text.splitlines() if "mosquitto_sub" in ln]
     assert f"-p 8883 --cafile {ca}" in line
