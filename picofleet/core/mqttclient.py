@@ -1,26 +1,24 @@
-"""The one paho wrapper: every MQTT client of the hub's own code is made here, with TLS
-(trust only the hub's CA, server name checked) whenever the hub speaks it.
+"""The one paho wrapper, ``MqttSession``: every MQTT client of the hub's own code (the bridge,
+``tail``, ``doctor``, ``smoke``, the USB gateway's per-device connections) is one, over TLS
+(trusting only the hub's CA, server name checked) whenever the hub speaks it.
 
-* ``new_client``: a configured ``paho.Client`` (the USB gateway's per-device publishers).
-* ``MqttSession``: the bridge's persistent, async session with ack after commit (below).
-* ``BlockingClient``: operator tools (tail, doctor, smoke): clean session, blocking calls.
+paho runs its network loop in its own thread; inbound messages go into a bounded buffer.
+Two faces on the same session:
 
-MqttSession: paho-mqtt with manual acknowledgement.
-
-paho runs its network loop in its own thread; inbound messages go into a bounded buffer the
-asyncio side drains in batches. A QoS 1 message is acknowledged (PUBACK) only when the
-asyncio side calls ``ack`` after its batch committed. When the buffer is full the network
-thread waits, so the broker, not our memory, holds the backlog.
-
-Each (re)connection is an epoch: messages of an older epoch are never acked on the new
-connection (their packet ids belong to the old one); the broker redelivers them to the
-persistent session instead.
+* async (the bridge): ``async with``; ``take`` drains the buffer in batches, and a QoS 1
+  message is acknowledged (PUBACK) only when ``ack`` is called after its batch committed.
+  When the buffer is full the network thread waits, so the broker, not our memory, holds the
+  backlog. Each (re)connection is an epoch: messages of an older epoch are never acked on
+  the new connection (their packet ids belong to the old one); the broker redelivers them to
+  the persistent session instead.
+* blocking (tools, the USB gateway): ``with`` (connect or raise ``ConnectFailed``),
+  ``subscribe``, ``publish_wait``, ``get``; or ``start`` (connect in the background and keep
+  reconnecting), ``queue`` (QoS 1 into paho's bounded queue, drops counted) and ``close``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import secrets
 import threading
 import time
@@ -85,17 +83,34 @@ class MqttError(RuntimeError):
     """Connecting to the broker failed."""
 
 
+class ConnectFailed(MqttError):
+    """No session: the broker is unreachable or refused us.
+
+    Attributes:
+        refused: True when the broker answered with a refusal (bad credentials, ...).
+        reason: the broker's reason or the socket error, as text.
+    """
+
+    def __init__(self, reason: str, *, refused: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.refused = refused
+
+
 class MqttSession:
-    """Async context manager around one persistent MQTT session.
+    """One MQTT session (see the module doc for its async and blocking faces).
 
     Args:
         target: the broker (and its CA when it speaks TLS).
-        username, password: credentials (the hub's).
-        client_id: fixed, so the broker keeps the session (clean session off).
+        username, password: credentials (the hub's, an operator's or a device's).
+        client_id: fixed for a persistent session; default a random ``picofleet-ops-...``.
         filters: topic filters to subscribe to at QoS 1 on every (re)connect.
-        buffer_max: inbound messages held before the network thread waits.
-        clean_session: only for throwaway clients (tools, tests).
-        manual_ack: ack after commit (the bridge) or on receipt (tools).
+        buffer_max: inbound messages held before the network thread waits (or, with
+            ``drop_when_full``, before new ones are dropped and counted: a slow reader).
+        clean_session: only for throwaway clients (tools, tests, USB publishers).
+        manual_ack: ack after commit (the bridge) or on receipt (everything else).
+        queue_max: outgoing messages paho holds while disconnected (0: no bound).
+        timeout: seconds the blocking calls wait for CONNACK, SUBACK and PUBACK.
     """
 
     def __init__(
@@ -104,20 +119,26 @@ class MqttSession:
         target: MqttTarget,
         username: str,
         password: str,
-        client_id: str,
+        client_id: str | None = None,
         filters: list[str] | None = None,
         buffer_max: int = 20000,
         keepalive: int = 30,
         clean_session: bool = False,
         manual_ack: bool = True,
         will: tuple[str, bytes] | None = None,
+        drop_when_full: bool = False,
+        queue_max: int = 0,
+        timeout: float = 5.0,
     ) -> None:
+        client_id = client_id or f"picofleet-ops-{secrets.token_hex(4)}"
         self.target = target
         self.host, self.port = target.host, target.port
         self.filters = filters or []
         self.buffer_max = buffer_max
         self.keepalive = keepalive
+        self.timeout = timeout
         self._manual_ack = manual_ack
+        self._drop_when_full = drop_when_full
         self._client = new_client(
             target,
             client_id=client_id,
@@ -128,39 +149,51 @@ class MqttSession:
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=15)
         self._client.max_inflight_messages_set(1000)
-        self._client.max_queued_messages_set(0)
+        self._client.max_queued_messages_set(queue_max)
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
         self._buf: deque[Inbound] = deque()
         self._cond = threading.Condition()
         self._epoch = 0
         self._connected = False
         self._closing = False
+        self._running = False  # paho's network thread is running
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._first: asyncio.Future[int] | None = None
-        self._log = logs.get("picofleet.bridge.mqtt").bind(client_id=client_id)
+        self._connack = threading.Event()
+        self._connack_rc: Any = None
+        self._suback = threading.Event()
+        self._lock = threading.Lock()
+        self._unacked = 0  # queued QoS 1 messages not yet PUBACKed (``queue``)
+        self._log = logs.get("picofleet.mqtt").bind(client_id=client_id)
         self.dropped_old_epoch = 0
         self.reconnects = 0
+        self.dropped = 0  # inbound (drop_when_full) and outbound (queue full) drops
 
     # -- paho thread ------------------------------------------------------------------------
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         code = int(rc.value) if hasattr(rc, "value") else int(rc)
+        self._connack_rc = rc
         if rc.is_failure:
             self._log.warning("mqtt.connect_refused", reason=str(rc))
+            self._connack.set()
             if self._loop and self._first and not self._first.done():
                 self._loop.call_soon_threadsafe(self._set_first, code)
             return
         with self._cond:
             self._epoch += 1
-            # Unacked messages of the previous connection come again on this one.
-            before = len(self._buf)
-            self._buf = deque(m for m in self._buf if m.connection == self._epoch or m.qos == 0)
-            self.dropped_old_epoch += before - len(self._buf)
+            if self._manual_ack:
+                # Unacked messages of the previous connection come again on this one.
+                before = len(self._buf)
+                self._buf = deque(m for m in self._buf if m.connection == self._epoch or m.qos == 0)
+                self.dropped_old_epoch += before - len(self._buf)
             self._connected = True
             self._cond.notify_all()
         if self.filters:
@@ -170,6 +203,7 @@ class MqttSession:
             connection=self._epoch,
             session_present=bool(getattr(flags, "session_present", False)),
         )
+        self._connack.set()
         if self._loop and self._first and not self._first.done():
             self._loop.call_soon_threadsafe(self._set_first, 0)
 
@@ -202,14 +236,25 @@ class MqttSession:
             retained=bool(m.retain),
         )
         with self._cond:
+            if self._drop_when_full and len(self._buf) >= self.buffer_max:
+                self.dropped += 1  # a reader that cannot keep up loses messages, not memory
+                return
             while len(self._buf) >= self.buffer_max and not self._closing and self._connected:
                 self._cond.wait(0.25)  # backpressure: stop reading the socket
             self._buf.append(item)
             signal = len(self._buf) == 1
+            self._cond.notify_all()
         if signal and self._loop is not None and self._wakeup is not None:
             self._loop.call_soon_threadsafe(self._wakeup.set)
 
-    # -- asyncio side -------------------------------------------------------------------------
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: Any, _rcs: Any, _p: Any) -> None:
+        self._suback.set()
+
+    def _on_publish(self, _c: paho.Client, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            self._unacked -= 1
+
+    # -- state --------------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
         return self._connected
@@ -222,6 +267,13 @@ class MqttSession:
     def epoch(self) -> int:
         return self._epoch
 
+    @property
+    def unacked(self) -> int:
+        """Messages ``queue``d and not yet acknowledged by the broker (counted by us: paho
+        cannot say it for a message first queued while disconnected)."""
+        return max(self._unacked, 0)
+
+    # -- asyncio face -------------------------------------------------------------------------
     async def take(self, max_n: int, max_age: float) -> list[Inbound]:
         """Wait for messages; return up to max_n, waiting at most max_age for a fuller batch."""
         assert self._wakeup is not None
@@ -253,13 +305,12 @@ class MqttSession:
         self._client.publish(topic, payload, qos=qos, retain=retain)
 
     async def __aenter__(self) -> Self:
-        if self._loop is not None:
+        if self._loop is not None or self._running:
             raise RuntimeError("MqttSession is already open")
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._first = self._loop.create_future()
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
-        self._client.loop_start()
+        self.start()
         try:
             code = await asyncio.wait_for(self._first, 15)
         except TimeoutError:
@@ -274,11 +325,7 @@ class MqttSession:
         return self
 
     async def _close(self) -> None:
-        self._closing = True
-        with self._cond:
-            self._cond.notify_all()
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        await asyncio.to_thread(self.close)
         self._loop = None
 
     async def __aexit__(
@@ -286,124 +333,99 @@ class MqttSession:
     ) -> None:
         await self._close()
 
-
-# -- operator tools: blocking, clean session ------------------------------------------
-class ConnectFailed(RuntimeError):
-    """No session: the broker is unreachable or refused us.
-
-    Attributes:
-        refused: True when the broker answered with a refusal (bad credentials, ...).
-        reason: the broker's reason or the socket error, as text.
-    """
-
-    def __init__(self, reason: str, *, refused: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.refused = refused
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-
-
-class BlockingClient:
-    """Args:
-    target: the broker (and its CA when it speaks TLS).
-    username, password: credentials (operator, hub, or a device's).
-    client_id: default a random ``picofleet-ops-...`` id.
-    timeout: seconds to wait for CONNACK, SUBACK and PUBACK.
-    """
-
-    def __init__(
-        self,
-        target: MqttTarget,
-        username: str,
-        password: str,
-        *,
-        client_id: str | None = None,
-        timeout: float = 5.0,
-    ) -> None:
-        self.target, self.timeout = target, timeout
-        self.host, self.port = target.host, target.port
-        self._client = new_client(
-            target,
-            client_id=client_id or f"picofleet-ops-{secrets.token_hex(4)}",
-            username=username,
-            password=password,
-        )
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._connack = threading.Event()
-        self._suback = threading.Event()
-        self._rc: Any = None
-        self.messages: queue.Queue[Received] = queue.Queue(maxsize=10000)
-        self.dropped = 0
-        self._open = False
-
-    def _on_connect(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        self._rc = rc
-        self._connack.set()
-
-    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: Any, _rcs: Any, _p: Any) -> None:
-        self._suback.set()
-
-    def _on_message(self, _c: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
-        try:
-            self.messages.put_nowait(Received(m.topic, bytes(m.payload), bool(m.retain)))
-        except queue.Full:
-            self.dropped += 1  # a reader that cannot keep up loses messages, not memory
+    # -- blocking face ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (paho's thread), reconnecting for as long as it runs."""
+        self._closing = False
+        self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        self._client.loop_start()
+        self._running = True
 
     def __enter__(self) -> Self:
-        if self._open:
-            raise RuntimeError("BlockingClient is already connected")
+        """Connect now: raises ``ConnectFailed`` (``refused``: the broker said no)."""
+        if self._running:
+            raise RuntimeError("MqttSession is already connected")
         try:
-            self._client.connect(self.host, self.port, keepalive=30)
+            self._client.connect(self.host, self.port, keepalive=self.keepalive)
         except OSError as exc:  # ssl.SSLError too: a certificate we do not trust
             raise ConnectFailed(f"cannot reach {self.target}: {exc}", refused=False) from exc
         self._client.loop_start()
-        self._open = True
+        self._running = True
         if not self._connack.wait(self.timeout):
-            self._close()
+            self.close()
             raise ConnectFailed(
                 f"no CONNACK from {self.target} within {self.timeout:g} s", refused=False
             )
-        if self._rc.is_failure:
-            self._close()
-            raise ConnectFailed(str(self._rc), refused=True)
+        if self._connack_rc.is_failure:
+            self.close()
+            raise ConnectFailed(str(self._connack_rc), refused=True)
         return self
 
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
     def subscribe(self, filters: list[str], qos: int = 0) -> None:
+        """Subscribe now and wait for the SUBACK (``filters`` are for every reconnect)."""
         self._suback.clear()
         self._client.subscribe([(f, qos) for f in filters])
         if not self._suback.wait(self.timeout):
             raise TimeoutError(f"no SUBACK within {self.timeout:g} s")
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+    def publish_wait(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
         """Publish and, for QoS 1, wait until the broker has it (PUBACK)."""
         info = self._client.publish(topic, payload, qos=qos)
         info.wait_for_publish(self.timeout)
         if qos and not info.is_published():
             raise TimeoutError(f"no PUBACK for {topic} within {self.timeout:g} s")
 
-    def _close(self) -> None:
-        self._open = False
-        self._client.disconnect()
-        self._client.loop_stop()
+    def get(self, timeout: float) -> Inbound | None:
+        """The next inbound message, or None after ``timeout`` seconds."""
+        with self._cond:
+            if not self._buf and not self._cond.wait_for(lambda: bool(self._buf), timeout):
+                return None
+            item = self._buf.popleft()
+            self._cond.notify_all()
+            return item
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._open:
-            self._close()
+    def queue(self, topic: str, payload: bytes) -> bool:
+        """Queue one QoS 1 message; False when paho's queue was full and it was dropped."""
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                self._log.warning("mqtt.queue_full", dropped=self.dropped)
+            return False
+        with self._lock:
+            self._unacked += 1
+        return True
+
+    def close(self, drain_s: float = 0.0) -> None:
+        """Give ``queue``d messages up to ``drain_s`` to get out, then disconnect and stop
+        paho's thread (blocking)."""
+        deadline = time.monotonic() + drain_s
+        while self._connected and self.unacked and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._closing = True
+        with self._cond:
+            self._cond.notify_all()
+        if self._running:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._running = False
 
 
 def probe(target: MqttTarget, username: str, password: str, timeout: float = 5.0) -> None:
     """Connect and disconnect; raises ConnectFailed."""
-    with BlockingClient(target, username, password, timeout=timeout):
+    with MqttSession(
+        target=target,
+        username=username,
+        password=password,
+        clean_session=True,
+        manual_ack=False,
+        timeout=timeout,
+    ):
         pass
 
 

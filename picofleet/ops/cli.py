@@ -8,7 +8,6 @@ a fleet secret: a missing one is an error, never a new fleet.
 from __future__ import annotations
 
 import asyncio
-import queue
 import time
 from pathlib import Path
 from typing import Annotated
@@ -66,7 +65,7 @@ def tail(
     from rich.console import Console
     from rich.text import Text
 
-    from picofleet.core.mqttclient import BlockingClient, ConnectFailed
+    from picofleet.core.mqttclient import ConnectFailed, MqttSession
     from picofleet.ops import tail as tl
 
     settings = settings_for(data_dir)
@@ -82,18 +81,26 @@ def tail(
     deadline = time.monotonic() + duration if duration is not None else None
     shown = 0
     try:
-        with BlockingClient(target, OPERATOR_USER, keys.role_password(OPERATOR_USER)) as client:
+        session = MqttSession(
+            target=target,
+            username=OPERATOR_USER,
+            password=keys.role_password(OPERATOR_USER),
+            clean_session=True,
+            manual_ack=False,
+            drop_when_full=True,  # a reader that cannot keep up loses messages, not memory
+            buffer_max=10000,
+        )
+        with session as client:
             client.subscribe(sel.filters)
             if colour:
                 console.print(f"[dim]following {' '.join(sel.filters)} on {target}[/dim]")
             while count is None or shown < count:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                try:
-                    msg = client.messages.get(timeout=0.25)
-                except queue.Empty:
+                msg = client.get(timeout=0.25)
+                if msg is None:
                     continue
-                line = tl.describe(topics, msg.topic, msg.payload, retained=msg.retain)
+                line = tl.describe(topics, msg.topic, msg.payload, retained=msg.retained)
                 if sel.device is not None and line.device != sel.device:
                     continue
                 shown += 1

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from picofleet.core.credentials import FleetKeys
-from picofleet.core.mqttclient import BlockingClient, ConnectFailed, MqttTarget
+from picofleet.core.mqttclient import ConnectFailed, MqttSession, MqttTarget
 from picofleet.core.topics import Kind, Topics
 from picofleet.ops.api import HubApi
 
@@ -126,7 +126,14 @@ class Smoke:
             "readings": [{"type": SMOKE_TYPE, "value": SMOKE_VALUE}],
         }
         target = MqttTarget(self.mqtt_host, self.mqtt_port, self.mqtt_ca)
-        client = BlockingClient(target, key, password, timeout=self.timeout)
+        client = MqttSession(
+            target=target,
+            username=key,
+            password=password,
+            clean_session=True,
+            manual_ack=False,
+            timeout=self.timeout,
+        )
         try:
             with client:
                 self._record("mqtt", True, f"{key} connected to {where}")
@@ -145,9 +152,9 @@ class Smoke:
             self._record("telemetry", None, "needs the MQTT connection")
             self._record("error", None, "needs the MQTT connection")
 
-    def _publish(self, client: BlockingClient, step: str, topic: str, payload: bytes) -> bool:
+    def _publish(self, client: MqttSession, step: str, topic: str, payload: bytes) -> bool:
         try:
-            client.publish(topic, payload, qos=1)
+            client.publish_wait(topic, payload, qos=1)
         except (OSError, TimeoutError, RuntimeError) as exc:
             # The embedded broker acknowledges only once the hub has stored the message.
             return self._record(

@@ -25,13 +25,13 @@ from typing import Any
 
 from picofleet.core import logs
 from picofleet.core.credentials import FleetKeys
-from picofleet.core.mqttclient import MqttTarget, hub_target
+from picofleet.core.mqttclient import MqttSession, MqttTarget, hub_target
 from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind, Topics, valid_device_key
 from picofleet.usb._discovery import Mode, UsbBoard, extra_ports, serial_boards
 from picofleet.usb._hold import held_ports
 from picofleet.usb._lines import Line, LineKind, LineSplitter, parse_line
-from picofleet.usb._publisher import DevicePublisher
+from picofleet.usb._publisher import DRAIN_S, device_session
 from picofleet.usb._settings import UsbSettings
 
 PENDING_MAX = 100  # lines held per port until its device key is known
@@ -86,7 +86,7 @@ class UsbGateway:
         self.keys, self.topics, self.usb = keys, topics, usb
         self.hold_dir = hold_dir
         self._discover = discover
-        self._publishers: dict[str, DevicePublisher] = {}
+        self._publishers: dict[str, MqttSession] = {}
         self._seq: dict[str, int] = {}
         self._last_ts: dict[str, float] = {}
         self._last_error: dict[str, str] = {}
@@ -127,7 +127,7 @@ class UsbGateway:
             await asyncio.gather(*readers.values(), return_exceptions=True)
             publishers = list(self._publishers.values())
             self._publishers.clear()
-            await asyncio.gather(*(asyncio.to_thread(p.close) for p in publishers))
+            await asyncio.gather(*(asyncio.to_thread(p.close, DRAIN_S) for p in publishers))
             self._log.info("usb.gateway_stopped", **self.stats)
 
     async def _serve(self, board: UsbBoard) -> None:
@@ -206,7 +206,7 @@ class UsbGateway:
             payload = line.raw.rstrip(b"\r")
         pub = self._publishers.get(key)
         if pub is None:
-            pub = DevicePublisher(
+            pub = device_session(
                 target=MqttTarget(self.host, self.port, self.ca),
                 key=key,
                 password=self.keys.device_password(key),
@@ -214,7 +214,7 @@ class UsbGateway:
             )
             pub.start()
             self._publishers[key] = pub
-        if pub.publish(self.topics.device(key, Kind.TELEMETRY), payload):
+        if pub.queue(self.topics.device(key, Kind.TELEMETRY), payload):
             self.stats["published"] += 1
         else:
             self.stats["dropped_queue_full"] += 1

@@ -27,7 +27,6 @@ from picofleet.broker.tap import Tap
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys
 from picofleet.core.endpoints import lan_address
 from picofleet.core.mqttclient import (
-    BlockingClient,
     ConnectFailed,
     MqttError,
     MqttSession,
@@ -142,7 +141,13 @@ async def test_our_clients_refuse_an_untrusted_server(
 
         def tool() -> bool:
             try:
-                with BlockingClient(target, OPERATOR_USER, password, timeout=5):
+                with MqttSession(
+                    target=target,
+                    username=OPERATOR_USER,
+                    password=password,
+                    clean_session=True,
+                    manual_ack=False,
+                ):
                     return True
             except ConnectFailed as exc:
                 assert not exc.refused, "the broker never saw us: the TLS handshake failed"
@@ -274,24 +279,24 @@ async def test_the_usb_gateway_publishes_over_tls(
     settings: Settings, pool: asyncpg.Pool, keys: FleetKeys
 ) -> None:
     from picofleet.usb._gateway import broker_endpoint
-    from picofleet.usb._publisher import DevicePublisher
+    from picofleet.usb._publisher import DRAIN_S, device_session
 
     async with running_hub(settings, keys) as hub:
         target = broker_endpoint(hub.settings)
         assert (target.port, target.tls) == (hub.settings.mqtts_port, True)
-        pub = DevicePublisher(
+        pub = device_session(
             target=target, key=KEY, password=keys.device_password(KEY), queue_max=10
         )
         pub.start()
         try:
-            assert pub.publish(hub.topics.device(KEY, Kind.TELEMETRY), telemetry())
+            assert pub.queue(hub.topics.device(KEY, Kind.TELEMETRY), telemetry())
 
             async def landed() -> bool:
                 return await pool.fetchval("SELECT count(*) FROM raw_record") == 1
 
             await wait_for(landed, timeout=15)
         finally:
-            await asyncio.to_thread(pub.close)
+            await asyncio.to_thread(pub.close, DRAIN_S)
         assert (pub.dropped, pub.unacked) == (0, 0)
 
 
