@@ -51,7 +51,10 @@ def up(
         int | None, typer.Option(help="Plain MQTT port, loopback only unless opened [1883].")
     ] = None,
     mqtts_port: Annotated[int | None, typer.Option(help="MQTT over TLS port [8883].")] = None,
-    http_port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Plain HTTP port, loopback only unless opened [8000].")
+    ] = None,
+    https_port: Annotated[int | None, typer.Option(help="HTTPS port [8443].")] = None,
     broker: Annotated[str | None, typer.Option(help="amqtt (embedded) or mosquitto.")] = None,
     pg_port: Annotated[
         int | None, typer.Option(help="Embedded PostgreSQL port [chosen once, then kept].")
@@ -83,6 +86,7 @@ def up(
         mqtt_port=mqtt_port,
         mqtts_port=mqtts_port,
         http_port=http_port,
+        https_port=https_port,
         broker=broker,
         pg_port=pg_port,
         public_url=public_url,

@@ -69,8 +69,9 @@ def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
     if ep.tls_ca is not None:
         lines.append(f"  hub CA     {ep.tls_ca}  (devices and clients trust only this)")
     if ep.http_port:
-        url = f"{endpoints.http_scheme(settings)}://{host}:{ep.http_port}/"
-        lines.append(f"  http       {url}  (/health /ready /docs)")
+        lines.append(f"  http       http://127.0.0.1:{ep.http_port}/  (/health /ready /docs)")
+        if settings.https_enabled:
+            lines.append(f"  https      https://{host}:{settings.https_port}/  (the network)")
         lines.append(f"  public     {endpoints.public_url(settings)}  (devices, artifact URLs)")
     sub_tls = f" --cafile {ep.ca}" if ep.ca is not None else ""
     lines += [

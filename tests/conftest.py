@@ -110,6 +110,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         mqtt_hub_port=free_port(),
         mqtts_port=free_port(),
         http_port=free_port(),
+        https_port=free_port(),
         topic_prefix="picofleet",
         mqtt_bind="127.0.0.1",
         http_bind="127.0.0.1",
@@ -209,8 +210,9 @@ async def running_hub(
     """The hub's roles in this loop, on ``settings``; stopped (cleanly) on exit."""
     from picofleet.hub import run_hub
 
-    if "mqtts_port" not in settings.model_fields_set:  # never the shared default 8883
-        settings = settings.model_copy(update={"mqtts_port": free_port()})
+    for port in ("mqtts_port", "https_port"):  # never the shared defaults 8883, 8443
+        if port not in settings.model_fields_set:
+            settings = settings.model_copy(update={port: free_port()})
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         run_hub(

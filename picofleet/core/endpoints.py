@@ -32,9 +32,10 @@ RECORDED = (
     "public_url",
     "broker",  # with mqtt_hub_port: where operators connect on a managed Mosquitto
     "mqtt_hub_port",
-    "tls",  # with mqtts_port and https: whether and where clients speak TLS
+    "tls",  # with mqtts_port, https and https_port: whether and where clients speak TLS
     "mqtts_port",
     "https",
+    "https_port",
 )
 # ``up`` works its public URL out afresh at each start (the LAN address may have changed),
 # runs the broker it is told to, and decides TLS and HTTPS from its own settings.
@@ -79,16 +80,15 @@ def public_url(settings: Settings) -> str:
     host = settings.public_host or (
         lan_address() if settings.http_bind in _WILDCARD else settings.http_bind
     )
-    return f"{http_scheme(settings)}://{host}:{settings.http_port}"
-
-
-def http_scheme(settings: Settings) -> str:
-    return "https" if settings.https_enabled else "http"
+    if settings.https_enabled:
+        return f"https://{host}:{settings.https_port}"
+    return f"http://{host}:{settings.http_port}"
 
 
 def local_http_url(settings: Settings) -> str:
-    """The hub's HTTP API as a command on this machine reaches it."""
-    return f"{http_scheme(settings)}://{local_host(settings.http_bind)}:{settings.http_port}"
+    """The hub's HTTP API as a command on this machine reaches it (plain HTTP stays on
+    loopback when the network gets HTTPS)."""
+    return f"http://{local_host(settings.http_plain_bind)}:{settings.http_port}"
 
 
 def read(data_path: Path) -> dict[str, Any] | None:
@@ -130,6 +130,7 @@ def record(settings: Settings, *, database_url: str, http: bool) -> Path:
         "tls": settings.tls,
         "mqtts_port": settings.mqtts_port,
         "https": settings.https_enabled,
+        "https_port": settings.https_port,
         "http_bind": settings.http_bind,
         "http_port": settings.http_port if http else None,
         "public_url": public_url(settings) if http else None,

@@ -52,8 +52,11 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
-    # HTTPS for the API and dashboard [on when http_bind is not loopback].
+    # HTTPS for the API and dashboard on https_port, on http_bind [on when http_bind is not
+    # loopback]; plain HTTP on http_port then listens on loopback only, unless http_plain_open.
     https: bool | None = None
+    https_port: int = 8443
+    http_plain_open: bool = False
     http_bind: str = "0.0.0.0"
     http_port: int = 8000
     # A request's headers must be complete this long after the connection opens (or after
@@ -131,6 +134,11 @@ class Settings(BaseSettings):
         if self.https is not None:
             return self.https
         return self.http_bind not in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def http_plain_bind(self) -> str:
+        """Where plain HTTP listens: loopback when HTTPS is on, unless opened on purpose."""
+        return self.http_bind if self.http_plain_open or not self.https_enabled else "127.0.0.1"
 
     @property
     def data_path(self) -> Path:

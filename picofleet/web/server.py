@@ -1,4 +1,10 @@
-"""The hub's HTTP server: uvicorn inside the hub's loop, stopped by the hub's stop event."""
+"""The hub's HTTP server: uvicorn inside the hub's loop, stopped by the hub's stop event.
+
+With HTTPS on (``https_enabled``: by default when ``http_bind`` is not loopback) the network
+gets the API and dashboard over TLS on ``https_port`` with the hub's certificate, so the
+operator token and the dashboard's actions never cross it in clear, and plain HTTP on
+``http_port`` listens on loopback only (``http_plain_bind``), for the Pi itself.
+"""
 
 from __future__ import annotations
 
@@ -22,24 +28,39 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Event) -> None:
-    tls: dict[str, Any] = {}
-    if settings.https_enabled:
-        # The operator token and the dashboard's actions never cross the network in clear.
-        files = ensure_tls(settings)
-        tls = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
-    config = uvicorn.Config(
-        app,
-        host=settings.http_bind,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        http=header_timeout_protocol(settings.http_header_timeout_s),
-        **tls,
+def _server(app: Any, settings: Settings, host: str, port: int, **tls: Any) -> _HttpServer:
+    return _HttpServer(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http=header_timeout_protocol(settings.http_header_timeout_s),
+            **tls,
+        )
     )
-    server = _HttpServer(config)
-    task = asyncio.create_task(server.serve(), name="hub[http].serve")
+
+
+async def serve_http(app: Any, settings: Settings, port: int, stop: asyncio.Event) -> None:
+    servers = [_server(app, settings, settings.http_plain_bind, port)]
+    if settings.https_enabled:
+        files = ensure_tls(settings)
+        servers.append(
+            _server(
+                app,
+                settings,
+                settings.http_bind,
+                settings.https_port,
+                ssl_certfile=str(files.cert),
+                ssl_keyfile=str(files.key),
+            )
+        )
+    tasks = [
+        asyncio.create_task(s.serve(), name=f"hub[http].serve[{i}]") for i, s in enumerate(servers)
+    ]
     await stop.wait()
-    server.should_exit = True
-    await task
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(*tasks)

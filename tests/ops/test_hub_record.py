@@ -92,7 +92,8 @@ async def count(url: str, sql: str) -> int:
 def test_commands_find_the_hub_from_its_data_dir(hub_data: Path, tmp_path: Path) -> None:
     mqtt_port, mqtts_port, http_port = free_port(), free_port(), free_port()
     ports = ("--mqtt-port", str(mqtt_port), "--http-port", str(http_port))
-    ports += ("--mqtts-port", str(mqtts_port))
+    https_port = free_port()
+    ports += ("--mqtts-port", str(mqtts_port), "--https-port", str(https_port))
     try:
         with hub_up(hub_data, tmp_path, *ports):
             record = json.loads((hub_data / HUB_FILE).read_text())
@@ -142,7 +143,7 @@ def test_commands_find_the_hub_from_its_data_dir(hub_data: Path, tmp_path: Path)
                     )
                 )
             )
-            public = f"https://{lan_address()}:{http_port}"  # not bound to loopback: HTTPS
+            public = f"https://{lan_address()}:{https_port}"  # not bound to loopback: HTTPS
             assert record["public_url"] == public
             assert rel["artifact_url"] == f"{public}/ota/artifacts/{rel['sha256']}"
 
@@ -164,6 +165,7 @@ def test_public_url_setting_names_artifacts(hub_data: Path, tmp_path: Path) -> N
             hub_data,
             tmp_path,
             *("--mqtt-port", str(free_port()), "--http-port", str(http_port)),
+            *("--mqtts-port", str(free_port()), "--https-port", str(free_port())),
             *("--public-url", public),
         ) as banner:
             assert public in banner

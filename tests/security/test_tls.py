@@ -205,15 +205,19 @@ async def test_off_loopback_only_tls_answers(
             return await pool.fetchval("SELECT count(*) FROM raw_record") == 1
 
         await wait_for(landed, timeout=15)
-        # HTTPS with the same CA; plain HTTP gets no answer.
+        # HTTPS with the same CA from the LAN; plain HTTP only on loopback.
         status, body = await asyncio.to_thread(
-            HubApi(f"https://{lan}:{s.http_port}", ca=ca).call, "GET", "/health"
+            HubApi(f"https://{lan}:{s.https_port}", ca=ca).call, "GET", "/health"
         )
         assert status == 200 and body["status"] == "ok"
-        with pytest.raises((urllib.error.URLError, ConnectionError)):
-            await asyncio.to_thread(HubApi(f"http://{lan}:{s.http_port}").call, "GET", "/health")
-        with pytest.raises(urllib.error.URLError) as err:
-            await asyncio.to_thread(HubApi(f"https://{lan}:{s.http_port}").call, "GET", "/health")
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(lan, s.http_port)
+        status, _ = await asyncio.to_thread(
+            HubApi(f"http://127.0.0.1:{s.http_port}").call, "GET", "/health"
+        )
+        assert status == 200
+        with pytest.raises(urllib.error.URLError) as err:  # not our CA: the system's trust
+            await asyncio.to_thread(HubApi(f"https://{lan}:{s.https_port}").call, "GET", "/health")
         assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
     assert await pool.fetchval("SELECT count(*) FROM raw_record") == 1
 
