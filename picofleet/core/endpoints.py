@@ -110,6 +110,7 @@ def apply(settings: Settings, *, starting: bool = False) -> Settings:
     if not record:
         return settings
     fields = RECORDED_FOR_UP if starting else RECORDED
+    record.setdefault("tls", False)  # recorded before TLS existed: that hub spoke plain MQTT
     update = {
         f: record[f]
         for f in fields
