@@ -74,21 +74,22 @@ def lan_address() -> str:
 
 def public_url(settings: Settings) -> str:
     """Base URL devices fetch from (artifact URLs): the setting, else the address devices
-    reach the HTTP listener on (``public_host``, the bind address, or the LAN address)."""
+    reach the HTTP listener on (``public_host``, the bind address, or the LAN address).
+
+    Plain HTTP: OTA artifacts are public and Ed25519-signed, so devices fetch them without
+    TLS; with HTTPS on, plain HTTP from the network serves nothing else (web/server.py)."""
     if settings.public_url:
         return settings.public_url.rstrip("/")
     host = settings.public_host or (
         lan_address() if settings.http_bind in _WILDCARD else settings.http_bind
     )
-    if settings.https_enabled:
-        return f"https://{host}:{settings.https_port}"
     return f"http://{host}:{settings.http_port}"
 
 
 def local_http_url(settings: Settings) -> str:
-    """The hub's HTTP API as a command on this machine reaches it (plain HTTP stays on
-    loopback when the network gets HTTPS)."""
-    return f"http://{local_host(settings.http_plain_bind)}:{settings.http_port}"
+    """The hub's HTTP API as a command on this machine reaches it (plain HTTP, whole, for
+    loopback clients whether or not the network gets HTTPS)."""
+    return f"http://{local_host(settings.http_bind)}:{settings.http_port}"
 
 
 def read(data_path: Path) -> dict[str, Any] | None:

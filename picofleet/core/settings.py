@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     # HTTPS for the API and dashboard on https_port, on http_bind [on when http_bind is not
-    # loopback]; plain HTTP on http_port then listens on loopback only, unless http_plain_open.
+    # loopback]; plain HTTP on http_port then serves only OTA artifacts and /health to other
+    # addresses (the whole API to loopback), unless http_plain_open (legacy senders).
     https: bool | None = None
     https_port: int = 8443
     http_plain_open: bool = False
@@ -134,11 +135,6 @@ class Settings(BaseSettings):
         if self.https is not None:
             return self.https
         return self.http_bind not in ("127.0.0.1", "localhost", "::1")
-
-    @property
-    def http_plain_bind(self) -> str:
-        """Where plain HTTP listens: loopback when HTTPS is on, unless opened on purpose."""
-        return self.http_bind if self.http_plain_open or not self.https_enabled else "127.0.0.1"
 
     @property
     def data_path(self) -> Path:

@@ -143,7 +143,7 @@ def test_commands_find_the_hub_from_its_data_dir(hub_data: Path, tmp_path: Path)
                     )
                 )
             )
-            public = f"https://{lan_address()}:{https_port}"  # not bound to loopback: HTTPS
+            public = f"http://{lan_address()}:{http_port}"  # artifacts: plain, signed
             assert record["public_url"] == public
             assert rel["artifact_url"] == f"{public}/ota/artifacts/{rel['sha256']}"
 

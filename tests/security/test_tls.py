@@ -210,12 +210,16 @@ async def test_off_loopback_only_tls_answers(
             HubApi(f"https://{lan}:{s.https_port}", ca=ca).call, "GET", "/health"
         )
         assert status == 200 and body["status"] == "ok"
-        with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection(lan, s.http_port)
+        # Plain HTTP: the whole API on loopback; from the LAN only what devices fetch.
+        token = keys.operator_token
         status, _ = await asyncio.to_thread(
-            HubApi(f"http://127.0.0.1:{s.http_port}").call, "GET", "/health"
+            HubApi(f"http://127.0.0.1:{s.http_port}", token).call, "GET", "/api/devices", auth=True
         )
         assert status == 200
+        plain = HubApi(f"http://{lan}:{s.http_port}", token)
+        assert (await asyncio.to_thread(plain.call, "GET", "/health"))[0] == 200
+        assert (await asyncio.to_thread(plain.call, "GET", "/api/devices", auth=True))[0] == 403
+        assert (await asyncio.to_thread(plain.call, "POST", "/ingest", [], auth=True))[0] == 403
         with pytest.raises(urllib.error.URLError) as err:  # not our CA: the system's trust
             await asyncio.to_thread(HubApi(f"https://{lan}:{s.https_port}").call, "GET", "/health")
         assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
