@@ -54,10 +54,12 @@ def tls_dir(settings: Settings) -> Path:
 
 def tls_hosts(settings: Settings) -> list[str]:
     """Names and addresses the server certificate is valid for (devices check one of them)."""
+    # Loopback always: the hub's own tools (tail, smoke, the USB gateway) connect there.
+    hosts = ["localhost", "127.0.0.1"]
     if settings.tls_hosts:
-        hosts = list(settings.tls_hosts)
+        hosts += settings.tls_hosts
     else:
-        hosts = [socket.gethostname(), "localhost", "127.0.0.1", lan_address()]
+        hosts += [socket.gethostname(), lan_address()]
         if settings.public_host:
             hosts.append(settings.public_host)
     return sorted(set(h for h in hosts if h))
