@@ -318,3 +318,21 @@ def test_the_banner_tails_over_tls(settings: Settings, keys: FleetKeys) -> None:
     text = banner(settings.model_copy(update={"mqtts_port": 8883}), keys, ep)
     (line,) = [ln for ln in text.splitlines() if "mosquitto_sub" in ln]
     assert f"-p 8883 --cafile {ca}" in line
+
+
+def test_tls_init_makes_the_ca_for_the_compose_shape(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers import CLI
+
+    env = {"PATH": "/usr/bin:/bin", "PICOFLEET_DATA_DIR": str(tmp_path)}
+    args = [*CLI, "tls", "init", "--host", "pi.example", "--host", "10.9.8.7"]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    assert "BEGIN" not in out, "no key or certificate is printed"
+    files = ensure_tls(Settings(data_dir=tmp_path, tls_hosts=["pi.example", "10.9.8.7"]))
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(n.value) for n in names} == {"pi.example", "10.9.8.7", "localhost", "127.0.0.1"}
+    assert stat.S_IMODE(os.stat(files.key).st_mode) == 0o600
+    ca = subprocess.run([*CLI, "tls", "ca"], env=env, capture_output=True, text=True, check=True)
+    assert ca.stdout == files.ca_cert.read_text()
