@@ -55,7 +55,7 @@ ENV PATH=/opt/picofleet/bin:$PATH \
     PICOFLEET_COMMIT=${PICOFLEET_COMMIT}
 USER 10001:10001
 WORKDIR /var/lib/picofleet
-EXPOSE 8000
+EXPOSE 8000 8443
 # For the http role (`serve http`, `up`); compose.yaml switches it off for the other roles.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PICOFLEET_HTTP_PORT', '8000'), timeout=4)"]

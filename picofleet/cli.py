@@ -47,15 +47,23 @@ def _emit(data: dict[str, Any], as_json: bool) -> None:
 @app.command()
 def up(
     data_dir: DataDir = None,
-    mqtt_port: Annotated[int | None, typer.Option(help="MQTT listener port [1883].")] = None,
-    http_port: Annotated[int | None, typer.Option(help="HTTP port [8000].")] = None,
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="Plain MQTT port, loopback only unless opened [1883].")
+    ] = None,
+    mqtts_port: Annotated[int | None, typer.Option(help="MQTT over TLS port [8883].")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Plain HTTP port, loopback only unless opened [8000].")
+    ] = None,
+    https_port: Annotated[int | None, typer.Option(help="HTTPS port [8443].")] = None,
     broker: Annotated[str | None, typer.Option(help="amqtt (embedded) or mosquitto.")] = None,
     pg_port: Annotated[
         int | None, typer.Option(help="Embedded PostgreSQL port [chosen once, then kept].")
     ] = None,
     public_url: Annotated[
         str | None,
-        typer.Option(help="Base URL devices fetch artifacts from [http://LAN-address:http-port]."),
+        typer.Option(
+            help="Base URL devices fetch artifacts from [http(s)://LAN-address:http-port]."
+        ),
     ] = None,
     usb_gateway: Annotated[
         bool, typer.Option(help="Also relay USB Picos' serial telemetry (picofleet.usb).")
@@ -72,7 +80,9 @@ def up(
         data_dir,
         starting=True,
         mqtt_port=mqtt_port,
+        mqtts_port=mqtts_port,
         http_port=http_port,
+        https_port=https_port,
         broker=broker,
         pg_port=pg_port,
         public_url=public_url,

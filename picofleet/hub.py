@@ -30,10 +30,12 @@ from picofleet.broker.policy import Policy, hub_client_ids
 from picofleet.broker.tap import Tap
 from picofleet.core import db, endpoints, logs
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys, load_fleet_keys
+from picofleet.core.mqttclient import MqttTarget, hub_target
 from picofleet.core.runtime import hub_database, install_signals
-from picofleet.core.settings import Settings, mqtt_endpoint
+from picofleet.core.settings import Settings
 from picofleet.core.source import Source
 from picofleet.core.supervise import Supervisor
+from picofleet.core.tls import TlsFiles, ensure_tls, is_loopback, server_context
 from picofleet.core.topics import Topics
 from picofleet.web.app import HubContext, create_app
 from picofleet.web.metrics import MetricSource, metrics_app
@@ -49,24 +51,34 @@ class Endpoints:
     mqtt_port: int
     http_port: int | None
     operator_port: int | None = None  # where operators connect, when not mqtt_port
+    ca: Path | None = None  # the CA operators' clients trust, when their listener speaks TLS
+    tls_ca: Path | None = None  # the hub's CA, when devices speak TLS
 
 
 def banner(settings: Settings, keys: FleetKeys, ep: Endpoints) -> str:
     topics = Topics(settings.topic_prefix)
     host = settings.public_host or "127.0.0.1"
     op = keys.role_password(OPERATOR_USER)
+    mqtt = f"{host}:{ep.mqtt_port}  ({settings.broker})"
+    if ep.tls_ca is not None:
+        mqtt = f"{host}:{settings.mqtts_port} TLS, {mqtt} plain on {settings.mqtt_plain_bind}"
     lines = [
         "picofleet hub is up",
         f"  data dir   {settings.data_path}",
         f"  database   {ep.database_url.split('@')[-1]}  (picofleet db url)",
-        f"  mqtt       {host}:{ep.mqtt_port}  ({settings.broker})",
+        f"  mqtt       {mqtt}",
     ]
+    if ep.tls_ca is not None:
+        lines.append(f"  hub CA     {ep.tls_ca}  (devices and clients trust only this)")
     if ep.http_port:
-        lines.append(f"  http       http://{host}:{ep.http_port}/  (/health /ready /docs)")
+        lines.append(f"  http       http://127.0.0.1:{ep.http_port}/  (/health /ready /docs)")
+        if settings.https_enabled:
+            lines.append(f"  https      https://{host}:{settings.https_port}/  (the network)")
         lines.append(f"  public     {endpoints.public_url(settings)}  (devices, artifact URLs)")
+    sub_tls = f" --cafile {ep.ca}" if ep.ca is not None else ""
     lines += [
         "  tail every topic:",
-        f"    mosquitto_sub -h {host} -p {ep.operator_port or ep.mqtt_port}"
+        f"    mosquitto_sub -h {host} -p {ep.operator_port or ep.mqtt_port}{sub_tls}"
         f" -i {OPERATOR_USER} -u {OPERATOR_USER} -P {op} "
         f"-v -t '{topics.prefix}/#'",
         "  device credentials: picofleet creds device KEY",
@@ -101,6 +113,9 @@ class BrokerSide:
     mqtt_host: str
     mqtt_port: int
     session_port: int  # where the hub's own session connects
+    session_ca: Path | None = None  # the CA of that listener, when it speaks TLS
+    operator: MqttTarget | None = None  # where operators connect (the banner)
+    tls_ca: Path | None = None  # the hub's CA, when devices speak TLS
     policy: Policy | None = None  # the embedded brokers' access policy
     tap: Tap | None = None  # the embedded amqtt broker feeds the bridge directly
     on_change: Callable[[set[str]], Awaitable[None]] | None = None
@@ -133,6 +148,7 @@ async def _managed_mosquitto(
     policy: Policy,
     pool: asyncpg.Pool,
     keys: FleetKeys,
+    tls: TlsFiles | None,
 ) -> BrokerSide:
     async def write_files(active: set[str]) -> Path:
         return mosquitto.write_config(
@@ -144,6 +160,9 @@ async def _managed_mosquitto(
             hub_port=settings.hub_mqtt_port,
             renewed=await access.renewed_devices(settings, pool, keys),
             max_packet=settings.mqtt_max_packet_bytes,
+            tls=tls,
+            tls_port=settings.mqtts_port,
+            plain_bind=settings.mqtt_plain_bind,
         )
 
     active, policy.blocked = await db.device_access(pool)
@@ -160,11 +179,16 @@ async def _managed_mosquitto(
     async def users_now() -> Hashable:
         return await access.grace_state(settings, pool, keys)
 
-    # Devices cannot log in on the hub's own listener (picofleet/broker/mosquitto.py).
+    # Devices cannot log in on the hub's own listener (picofleet/broker/mosquitto.py); it
+    # speaks TLS unless bound to loopback.
+    hub_ca = None if tls is None or is_loopback(settings.mqtt_bind) else tls.ca_cert
     return BrokerSide(
         "127.0.0.1",
         settings.mqtt_port,
         settings.hub_mqtt_port,
+        session_ca=hub_ca,
+        operator=MqttTarget("127.0.0.1", settings.hub_mqtt_port, hub_ca),
+        tls_ca=None if tls is None else tls.ca_cert,
         policy=policy,
         on_change=refresh_users,
         users_state=users_now,
@@ -184,23 +208,39 @@ async def open_broker(
     if not embedded:
         if not settings.mqtt_url:
             raise SystemExit("picofleet: set PICOFLEET_MQTT_URL to serve the bridge")
-        host, port = mqtt_endpoint(settings.mqtt_url)
-        return BrokerSide(host, port, port)
+        ext = hub_target(settings, device=False)  # mqtts:// for a broker speaking TLS
+        return BrokerSide(ext.host, ext.port, ext.port, session_ca=ext.ca)
+    tls = ensure_tls(settings) if settings.tls else None
+    if tls is not None and settings.mqtt_plain_open and not is_loopback(settings.mqtt_bind):
+        logs.get("picofleet.hub").warning(
+            "hub.plain_mqtt_open",
+            bind=settings.mqtt_bind,
+            port=settings.mqtt_port,
+            why="mqtt_plain_open: device passwords cross the network in clear on this port",
+        )
     policy = Policy(Topics(settings.topic_prefix), keys, hub_client_ids=hub_client_ids(settings))
     if settings.broker == "mosquitto":
-        return await _managed_mosquitto(stack, settings, policy, pool, keys)
+        return await _managed_mosquitto(stack, settings, policy, pool, keys, tls)
     # The embedded broker feeds the bridge directly; devices' PUBACKs wait for the commit
     # (picofleet/broker/tap.py).
     tap = Tap(
         policy=policy,
-        bind=settings.mqtt_bind,
+        bind=settings.mqtt_plain_bind,
         port=settings.mqtt_port,
         buffer_max=settings.buffer_max_messages,
         max_packet=settings.mqtt_max_packet_bytes,
+        tls=None if tls is None else (settings.mqtt_bind, settings.mqtts_port, server_context(tls)),
     )
     await stack.enter_async_context(tap)
     port = settings.mqtt_port
-    return BrokerSide("127.0.0.1", port, port, policy=policy, tap=tap)
+    operator = MqttTarget(
+        "127.0.0.1",
+        port if tls is None else settings.mqtts_port,
+        None if tls is None else tls.ca_cert,
+    )
+    return BrokerSide(
+        "127.0.0.1", port, port, policy=policy, tap=tap, operator=operator, tls_ca=operator.ca
+    )
 
 
 def metric_sources() -> list[MetricSource]:
@@ -281,9 +321,8 @@ async def run_hub(
             if broker.tap is not None:
                 source = broker.tap
             else:
-                source = await stack.enter_async_context(
-                    hub_session(settings, keys, broker.mqtt_host, broker.session_port)
-                )
+                target = MqttTarget(broker.mqtt_host, broker.session_port, broker.session_ca)
+                source = await stack.enter_async_context(hub_session(settings, keys, target))
             source.publish(topics.hub_status, b'{"state":"online"}', qos=1, retain=True)
             hub.bridge = Bridge(ingest=ingest, session=source)
             supervisor.start("bridge", hub.bridge.run)
@@ -296,8 +335,15 @@ async def run_hub(
             app = metrics_app(hub, metric_sources())
             port = settings.metrics_port
             supervisor.start("metrics", partial(serve_http, app, settings, port, stop))
+        op = broker.operator
         ep = Endpoints(
-            url, broker.mqtt_host, broker.mqtt_port, http_port, operator_port=broker.session_port
+            url,
+            broker.mqtt_host,
+            broker.mqtt_port,
+            http_port,
+            operator_port=op.port if op else broker.session_port,
+            ca=op.ca if op else None,
+            tls_ca=broker.tls_ca,
         )
         if embedded_broker:
             endpoints.record(settings, database_url=url, http=bool(http_port))

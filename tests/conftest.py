@@ -108,7 +108,9 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         provision_secret=SecretStr(SECRET),
         mqtt_port=free_port(),
         mqtt_hub_port=free_port(),
+        mqtts_port=free_port(),
         http_port=free_port(),
+        https_port=free_port(),
         topic_prefix="picofleet",
         mqtt_bind="127.0.0.1",
         http_bind="127.0.0.1",
@@ -145,9 +147,11 @@ async def mosquitto_factory(tmp_path: Path, policy: Policy) -> AsyncIterator[Any
     need(mosquitto_available(), "mosquitto")
     stack = contextlib.AsyncExitStack()
 
-    async def start(device_keys: list[str], port: int | None = None) -> Any:
-        """Devices connect to ``.port``, the hub and operators to ``.hub_port``."""
+    async def start(device_keys: list[str], port: int | None = None, tls: Any = None) -> Any:
+        """Devices connect to ``.port``, the hub and operators to ``.hub_port``; with ``tls``
+        (TlsFiles) devices also to ``.tls_port`` and the hub's listener speaks TLS."""
         port, hub_port = port or free_port(), free_port()
+        tls_port = free_port() if tls is not None else None
         conf = mosquitto.write_config(
             tmp_path / f"mosq-{port}",
             policy,
@@ -155,9 +159,12 @@ async def mosquitto_factory(tmp_path: Path, policy: Policy) -> AsyncIterator[Any
             bind="127.0.0.1",
             port=port,
             hub_port=hub_port,
+            tls=tls,
+            tls_port=tls_port,
+            hub_tls=tls is not None,
         )
         return await stack.enter_async_context(
-            mosquitto.ManagedMosquitto(conf, port=port, hub_port=hub_port)
+            mosquitto.ManagedMosquitto(conf, port=port, hub_port=hub_port, tls_port=tls_port)
         )
 
     async with stack:
@@ -203,6 +210,9 @@ async def running_hub(
     """The hub's roles in this loop, on ``settings``; stopped (cleanly) on exit."""
     from picofleet.hub import run_hub
 
+    for port in ("mqtts_port", "https_port"):  # never the shared defaults 8883, 8443
+        if port not in settings.model_fields_set:
+            settings = settings.model_copy(update={port: free_port()})
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         run_hub(

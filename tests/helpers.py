@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -133,10 +134,14 @@ class Client:
         client_id: str = "",
         *,
         host: str = "127.0.0.1",
+        ca: Path | None = None,
     ) -> None:
+        """``ca``: connect over TLS, trusting only this CA certificate."""
         self.c = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
         )
+        if ca is not None:
+            self.c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
         if username is not None:
             self.c.username_pw_set(username, password)
         self.messages: list[tuple[str, bytes]] = []

@@ -39,22 +39,42 @@ from picofleet.broker.policy import Policy
 from picofleet.core import logs
 from picofleet.core import mqttwire as wire
 from picofleet.core.settings import MQTT_MAX_PACKET_BYTES
+from picofleet.core.tls import TlsFiles
 
 LISTENER = "default"
+TLS_LISTENER = "tls"
 
 
 def amqtt_config(
-    *, policy_name: str, bind: str = "", port: int = 0, external: bool = False
+    *,
+    policy_name: str,
+    bind: str = "",
+    port: int = 0,
+    external: bool = False,
+    tls: tuple[str, int, TlsFiles] | None = None,
 ) -> dict[str, Any]:
-    """amqtt config; ``external`` leaves accepting connections to us (see picofleet.broker.tap)."""
+    """amqtt config; ``external`` leaves accepting connections to us (see picofleet.broker.tap).
+
+    ``tls``: (bind, port, files) of a second, TLS listener with the same users and policy."""
     plugin_cfg = {"policy": policy_name}
     listener: dict[str, Any] = (
         {"type": "external", "bind": "external"}
         if external
         else {"type": "tcp", "bind": f"{bind}:{port}", "max_connections": 0}
     )
+    listeners = {LISTENER: listener}
+    if tls is not None:
+        tls_bind, tls_port, files = tls
+        listeners[TLS_LISTENER] = {
+            "type": "tcp",
+            "bind": f"{tls_bind}:{tls_port}",
+            "max_connections": 0,
+            "ssl": True,
+            "certfile": str(files.cert),
+            "keyfile": str(files.key),
+        }
     return {
-        "listeners": {LISTENER: listener},
+        "listeners": listeners,
         "timeout_disconnect_delay": 0,
         "plugins": {
             "picofleet.broker.amqtt_plugin.FleetAuthPlugin": plugin_cfg,
@@ -291,11 +311,14 @@ class EmbeddedBroker:
         bind: str = "0.0.0.0",
         port: int = 1883,
         max_packet: int = MQTT_MAX_PACKET_BYTES,
+        tls: TlsFiles | None = None,
+        tls_port: int = 0,
     ) -> None:
         self.policy = policy
         self.bind = bind
         self.port = port
         self.max_packet = max_packet
+        self.tls, self.tls_port = tls, tls_port
         self._name = f"policy-{uuid.uuid4().hex[:8]}"
         self._broker: FleetBroker | None = None
 
@@ -309,7 +332,12 @@ class EmbeddedBroker:
             raise RuntimeError("EmbeddedBroker is already running")
         amqtt_plugin.register(self._name, self.policy)
         self._broker = FleetBroker(
-            amqtt_config(bind=self.bind, port=self.port, policy_name=self._name),
+            amqtt_config(
+                bind=self.bind,
+                port=self.port,
+                policy_name=self._name,
+                tls=None if self.tls is None else (self.bind, self.tls_port, self.tls),
+            ),
             policy=self.policy,
             max_packet=self.max_packet,
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import time
 from collections import deque
 from types import TracebackType
@@ -164,7 +165,7 @@ class TapWriter(WriterAdapter):
         return (str(info[0]), int(info[1])) if info else None
 
     def get_ssl_info(self) -> Any:
-        return None
+        return self.conn.stream_writer.get_extra_info("ssl_object")
 
     def abort(self) -> None:
         """Drop the connection at once (a protocol violation: broker/embedded.py PacketGuard)."""
@@ -187,9 +188,13 @@ class Tap:
         port: int,
         buffer_max: int = 20000,
         max_packet: int = MQTT_MAX_PACKET_BYTES,
+        tls: tuple[str, int, ssl.SSLContext] | None = None,
     ) -> None:
+        """``bind``/``port``: the plain listener; ``tls``: (bind, port, context) of the TLS one,
+        which feeds the same broker and buffer."""
         self.policy = policy
         self.bind, self.port = bind, port
+        self.tls = tls
         self.buffer_max = buffer_max
         self.max_packet = max_packet
         self._buf: deque[Inbound] = deque()
@@ -197,7 +202,7 @@ class Tap:
         self._space = asyncio.Condition()
         self._wakeup = asyncio.Event()
         self._broker: FleetBroker | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._name = f"tap-{id(self):x}"
         self._log = logs.get("picofleet.broker.tap")
         self._pending: set[asyncio.Task[None]] = set()
@@ -315,21 +320,27 @@ class Tap:
             max_packet=self.max_packet,
         )
         await self._broker.start()
-        self._server = await asyncio.start_server(self._on_connection, self.bind, self.port)
-        self._log.info("tap.listening", bind=self.bind, port=self.port)
+        self._servers.append(await asyncio.start_server(self._on_connection, self.bind, self.port))
+        self._log.info("tap.listening", bind=self.bind, port=self.port, tls=False)
+        if self.tls is not None:
+            bind, port, context = self.tls
+            self._servers.append(
+                await asyncio.start_server(self._on_connection, bind, port, ssl=context)
+            )
+            self._log.info("tap.listening", bind=bind, port=port, tls=True)
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            if self._server is not None:
-                self._server.close()
+            for server in self._servers:
+                server.close()
             if self._broker is not None:
                 await self._broker.shutdown()
-            if self._server is not None:
-                await self._server.wait_closed()
+            for server in self._servers:
+                await server.wait_closed()
         finally:
-            self._server = None
+            self._servers = []
             self._broker = None
             amqtt_plugin.unregister(self._name)

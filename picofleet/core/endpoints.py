@@ -32,10 +32,16 @@ RECORDED = (
     "public_url",
     "broker",  # with mqtt_hub_port: where operators connect on a managed Mosquitto
     "mqtt_hub_port",
+    "tls",  # with mqtts_port, https and https_port: whether and where clients speak TLS
+    "mqtts_port",
+    "https",
+    "https_port",
 )
 # ``up`` works its public URL out afresh at each start (the LAN address may have changed),
-# and runs the broker it is told to.
-RECORDED_FOR_UP = tuple(f for f in RECORDED if f not in ("public_url", "broker", "mqtt_hub_port"))
+# runs the broker it is told to, and decides TLS and HTTPS from its own settings.
+RECORDED_FOR_UP = tuple(
+    f for f in RECORDED if f not in ("public_url", "broker", "mqtt_hub_port", "tls", "https")
+)
 _WILDCARD = ("", "0.0.0.0", "::")
 
 
@@ -68,13 +74,22 @@ def lan_address() -> str:
 
 def public_url(settings: Settings) -> str:
     """Base URL devices fetch from (artifact URLs): the setting, else the address devices
-    reach the HTTP listener on (``public_host``, the bind address, or the LAN address)."""
+    reach the HTTP listener on (``public_host``, the bind address, or the LAN address).
+
+    Plain HTTP: OTA artifacts are public and Ed25519-signed, so devices fetch them without
+    TLS; with HTTPS on, plain HTTP from the network serves nothing else (web/server.py)."""
     if settings.public_url:
         return settings.public_url.rstrip("/")
     host = settings.public_host or (
         lan_address() if settings.http_bind in _WILDCARD else settings.http_bind
     )
     return f"http://{host}:{settings.http_port}"
+
+
+def local_http_url(settings: Settings) -> str:
+    """The hub's HTTP API as a command on this machine reaches it (plain HTTP, whole, for
+    loopback clients whether or not the network gets HTTPS)."""
+    return f"http://{local_host(settings.http_bind)}:{settings.http_port}"
 
 
 def read(data_path: Path) -> dict[str, Any] | None:
@@ -96,6 +111,7 @@ def apply(settings: Settings, *, starting: bool = False) -> Settings:
     if not record:
         return settings
     fields = RECORDED_FOR_UP if starting else RECORDED
+    record.setdefault("tls", False)  # recorded before TLS existed: that hub spoke plain MQTT
     update = {
         f: record[f]
         for f in fields
@@ -113,6 +129,10 @@ def record(settings: Settings, *, database_url: str, http: bool) -> Path:
         "mqtt_port": settings.mqtt_port,
         "broker": settings.broker,
         "mqtt_hub_port": settings.hub_mqtt_port,
+        "tls": settings.tls,
+        "mqtts_port": settings.mqtts_port,
+        "https": settings.https_enabled,
+        "https_port": settings.https_port,
         "http_bind": settings.http_bind,
         "http_port": settings.http_port if http else None,
         "public_url": public_url(settings) if http else None,

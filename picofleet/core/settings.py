@@ -40,6 +40,24 @@ class Settings(BaseSettings):
     # Mosquitto only: the listener for the hub and operators, which devices cannot log in to
     # (devices use mqtt_port, where the client id is the username). None: mqtt_port + 1.
     mqtt_hub_port: int | None = None
+    # TLS (picofleet/core/tls.py). Devices' MQTT over TLS on mqtts_port; plain mqtt_port
+    # listens on loopback only unless mqtt_plain_open (legacy senders; a warning at start).
+    tls: bool = True
+    mqtts_port: int = 8883
+    mqtt_plain_open: bool = False
+    # Names and addresses in the server certificate [hostname, localhost, 127.0.0.1, LAN
+    # address, public_host]. Bring your own: tls_cert + tls_key (tls_ca: the CA that signed
+    # it); tls_ca alone: the CA a client trusts for a hub elsewhere.
+    tls_hosts: list[str] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    # HTTPS for the API and dashboard on https_port, on http_bind [on when http_bind is not
+    # loopback]; plain HTTP on http_port then serves only OTA artifacts and /health to other
+    # addresses (the whole API to loopback), unless http_plain_open (legacy senders).
+    https: bool | None = None
+    https_port: int = 8443
+    http_plain_open: bool = False
     http_bind: str = "0.0.0.0"
     http_port: int = 8000
     # A request's headers must be complete this long after the connection opens (or after
@@ -118,13 +136,36 @@ class Settings(BaseSettings):
         return self.mqtt_hub_port or self.mqtt_port + 1
 
     @property
+    def mqtt_plain_bind(self) -> str:
+        """Where plain MQTT listens: loopback, unless opened on purpose for legacy senders."""
+        return self.mqtt_bind if self.mqtt_plain_open or not self.tls else "127.0.0.1"
+
+    @property
+    def https_enabled(self) -> bool:
+        if self.https is not None:
+            return self.https
+        return self.http_bind not in ("127.0.0.1", "localhost", "::1")
+
+    @property
     def data_path(self) -> Path:
         return self.data_dir.expanduser().resolve()
 
 
+_TLS_SCHEMES = ("mqtts", "ssl")
+
+
 def mqtt_endpoint(url: str) -> tuple[str, int]:
-    """Host and port of an ``mqtt://host:port`` URL (credentials in the URL are ignored)."""
+    """Host and port of an ``mqtt://host:port`` or ``mqtts://host:port`` URL (credentials in
+    the URL are ignored)."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r}; use mqtt://host:port")
-    return parts.hostname or "127.0.0.1", parts.port or 1883
+    if parts.scheme not in ("mqtt", "tcp", *_TLS_SCHEMES):
+        raise ValueError(
+            f"unsupported MQTT URL scheme {parts.scheme!r}; use mqtt:// or mqtts://host:port"
+        )
+    tls = parts.scheme in _TLS_SCHEMES
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883)
+
+
+def mqtt_url_tls(url: str) -> bool:
+    """Whether an MQTT URL asks for TLS (``mqtts://``)."""
+    return url.split("://", 1)[0] in _TLS_SCHEMES if "://" in url else False

@@ -9,12 +9,25 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+from picofleet.core.tls import client_context
 
 
 class HubApi:
-    def __init__(self, base: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+    """``ca``: the hub's CA certificate, which an ``https://`` hub must chain to."""
+
+    def __init__(
+        self,
+        base: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        ca: Path | None = None,
+    ) -> None:
         self.base, self.token, self.timeout = base.rstrip("/"), token, timeout
+        self._context = None if ca is None else client_context(ca)
 
     def call(
         self, method: str, path: str, body: Any = None, *, auth: bool = False, timeout: float = 0
@@ -26,7 +39,9 @@ class HubApi:
         if auth and self.token is not None:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+            with urllib.request.urlopen(
+                req, timeout=timeout or self.timeout, context=self._context
+            ) as r:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as exc:
             raw = exc.read()

@@ -25,7 +25,9 @@ from picofleet.broker import mosquitto
 from picofleet.broker.access import grace_state, renewed_devices, sync_device_access
 from picofleet.broker.policy import Policy
 from picofleet.core import db, logs
+from picofleet.core.files import replace_file
 from picofleet.core.settings import MQTT_MAX_PACKET_BYTES, Settings
+from picofleet.core.tls import TlsFiles
 
 
 @dataclass
@@ -42,6 +44,27 @@ class BrokerFiles:
     owner: tuple[int, int] | None = None  # chown to the broker's uid:gid
     max_packet: int = MQTT_MAX_PACKET_BYTES  # settings.mqtt_max_packet_bytes
     plugin: str | None = None  # the dynamic security plugin where Mosquitto runs [found here]
+    # Devices over TLS on tls_port with the hub CA's server certificate (copied into out/tls
+    # for the broker's container); plain `port` then listens on loopback only.
+    tls: TlsFiles | None = None
+    tls_port: int | None = None
+
+    def _tls_copy(self) -> TlsFiles | None:
+        if self.tls is None:
+            return None
+        d = self.out / "tls"
+        copy = TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key")
+        for src, dst, mode in (
+            (self.tls.ca_cert, copy.ca_cert, 0o644),
+            (self.tls.cert, copy.cert, 0o644),
+            (self.tls.key, copy.key, 0o600),
+        ):
+            replace_file(dst, src.read_bytes(), mode=mode)
+            if self.owner is not None:
+                os.chown(dst, *self.owner)
+        if self.owner is not None:
+            os.chown(d, *self.owner)
+        return copy
 
     def write(self, active: set[str], renewed: frozenset[str] = frozenset()) -> set[str]:
         """Write the files for ``active`` devices; returns the devices admitted."""
@@ -56,6 +79,10 @@ class BrokerFiles:
             renewed=renewed,
             max_packet=self.max_packet,
             plugin=self.plugin,
+            tls=self._tls_copy(),
+            tls_port=self.tls_port,
+            # The hub's listener is on the compose network only (never published).
+            hub_tls=False,
         )
         if self.owner is not None:
             names = ("passwd", "acl", mosquitto.DYNSEC_FILE)

@@ -8,7 +8,6 @@ a fleet secret: a missing one is an error, never a new fleet.
 from __future__ import annotations
 
 import asyncio
-import queue
 import time
 from pathlib import Path
 from typing import Annotated
@@ -17,14 +16,19 @@ import typer
 
 from picofleet.core.command import CommandError, DataDir, settings_for
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys
-from picofleet.core.endpoints import fleet_keys, local_host
-from picofleet.core.settings import Settings, mqtt_endpoint
+from picofleet.core.endpoints import fleet_keys, local_http_url
+from picofleet.core.mqttclient import MqttTarget, hub_target
+from picofleet.core.settings import Settings
+from picofleet.core.tls import TlsError, trusted_ca
 from picofleet.core.topics import Topics
 from picofleet.ops import device_cli
 
 MqttOpt = Annotated[
     str | None,
-    typer.Option("--mqtt", help="Broker HOST:PORT [PICOFLEET_MQTT_URL or 127.0.0.1:mqtt_port]."),
+    typer.Option(
+        "--mqtt",
+        help="Broker [mqtts://]HOST:PORT [PICOFLEET_MQTT_URL or this host's listener].",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
@@ -34,17 +38,14 @@ def keys_for(settings: Settings) -> FleetKeys:
     return FleetKeys(fleet_keys(settings).secret)
 
 
-def _broker(settings: Settings, mqtt: str | None, *, device: bool = False) -> tuple[str, int]:
+def _broker(settings: Settings, mqtt: str | None, *, device: bool = False) -> MqttTarget:
     """Where to connect: as a device (smoke) to the devices' listener, else to the hub's
-    (they differ on a managed Mosquitto, picofleet/broker/mosquitto.py)."""
+    (they differ on a managed Mosquitto, picofleet/broker/mosquitto.py); over TLS when the
+    hub speaks it."""
     try:
-        if mqtt:
-            return mqtt_endpoint(mqtt)
-        if settings.mqtt_url:
-            return mqtt_endpoint(settings.mqtt_url)
-    except ValueError as exc:
+        return hub_target(settings, device=device, url=mqtt)
+    except (ValueError, TlsError) as exc:
         raise CommandError(str(exc)) from None
-    return local_host(settings.mqtt_bind), settings.mqtt_port if device else settings.hub_mqtt_port
 
 
 def tail(
@@ -64,8 +65,8 @@ def tail(
     from rich.console import Console
     from rich.text import Text
 
+    from picofleet.core.mqttclient import ConnectFailed, MqttSession
     from picofleet.ops import tail as tl
-    from picofleet.ops.mqttc import BlockingClient, ConnectFailed
 
     settings = settings_for(data_dir)
     keys = keys_for(settings)
@@ -74,24 +75,32 @@ def tail(
         sel = tl.select(topics, pattern, errors=errors)
     except tl.PatternError as exc:
         raise CommandError(str(exc)) from None
-    host, port = _broker(settings, mqtt)
+    target = _broker(settings, mqtt)
     console = Console(highlight=False, soft_wrap=True)
     colour = console.is_terminal
     deadline = time.monotonic() + duration if duration is not None else None
     shown = 0
     try:
-        with BlockingClient(host, port, OPERATOR_USER, keys.role_password(OPERATOR_USER)) as client:
+        session = MqttSession(
+            target=target,
+            username=OPERATOR_USER,
+            password=keys.role_password(OPERATOR_USER),
+            clean_session=True,
+            manual_ack=False,
+            drop_when_full=True,  # a reader that cannot keep up loses messages, not memory
+            buffer_max=10000,
+        )
+        with session as client:
             client.subscribe(sel.filters)
             if colour:
-                console.print(f"[dim]following {' '.join(sel.filters)} on {host}:{port}[/dim]")
+                console.print(f"[dim]following {' '.join(sel.filters)} on {target}[/dim]")
             while count is None or shown < count:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                try:
-                    msg = client.messages.get(timeout=0.25)
-                except queue.Empty:
+                msg = client.get(timeout=0.25)
+                if msg is None:
                     continue
-                line = tl.describe(topics, msg.topic, msg.payload, retained=msg.retain)
+                line = tl.describe(topics, msg.topic, msg.payload, retained=msg.retained)
                 if sel.device is not None and line.device != sel.device:
                     continue
                 shown += 1
@@ -108,7 +117,7 @@ def tail(
                 else:
                     typer.echo(line.plain())
     except ConnectFailed as exc:
-        raise CommandError(f"cannot follow {host}:{port}: {exc.reason}") from None
+        raise CommandError(f"cannot follow {target}: {exc.reason}") from None
     except KeyboardInterrupt:
         return
     if count is not None and shown < count:
@@ -148,7 +157,7 @@ def doctor(
 
 def smoke(
     http: Annotated[
-        str | None, typer.Option("--http", help="Hub URL [http://127.0.0.1:http_port].")
+        str | None, typer.Option("--http", help="Hub URL [http(s)://127.0.0.1:http_port].")
     ] = None,
     mqtt: MqttOpt = None,
     device: Annotated[str | None, typer.Option(help="Device key to use [smoke-<random>].")] = None,
@@ -162,11 +171,13 @@ def smoke(
     from picofleet.ops import smoke as sm
 
     settings = settings_for(data_dir)
-    host, port = _broker(settings, mqtt, device=True)
+    target = _broker(settings, mqtt, device=True)
     run = sm.Smoke(
-        http=http or f"http://{local_host(settings.http_bind)}:{settings.http_port}",
-        mqtt_host=host,
-        mqtt_port=port,
+        http=http or local_http_url(settings),
+        mqtt_host=target.host,
+        mqtt_port=target.port,
+        mqtt_ca=target.ca,
+        http_ca=trusted_ca(settings),
         keys=keys_for(settings),
         topics=Topics(settings.topic_prefix),
         timeout=timeout,
@@ -193,6 +204,13 @@ def broker_config(
     bind: Annotated[str, typer.Option(help="Listener address.")] = "0.0.0.0",
     hub_port: Annotated[
         int | None, typer.Option(help="The hub's and operators' listener port [port + 1].")
+    ] = None,
+    tls_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Devices over TLS on this port with the hub's CA (made in the data dir if "
+            "missing); the plain port then listens on loopback only."
+        ),
     ] = None,
     device: Annotated[
         list[str] | None, typer.Option("--device", help="Device key to admit (repeatable).")
@@ -245,6 +263,14 @@ def broker_config(
             ids = (int(uid), int(gid or uid))
         except ValueError:
             raise CommandError(f"--owner wants numeric UID[:GID], not {owner!r}") from None
+    tls = None
+    if tls_port is not None:
+        from picofleet.core.tls import ensure_tls
+
+        try:
+            tls = ensure_tls(settings)
+        except TlsError as exc:
+            raise CommandError(str(exc)) from None
     url = settings.database_url if from_db else None
     if watch and not url:
         raise CommandError("--watch follows the device table: set PICOFLEET_DATABASE_URL")
@@ -258,6 +284,8 @@ def broker_config(
         owner=ids,
         max_packet=settings.mqtt_max_packet_bytes,
         plugin=dynsec_plugin,
+        tls=tls,
+        tls_port=tls_port,
     )
 
     if url is None:

@@ -15,7 +15,8 @@ import typer
 from picofleet.core.command import CommandError, DataDir, settings_for
 
 HttpOpt = Annotated[
-    str | None, typer.Option("--http", metavar="URL", help="Hub URL [http://127.0.0.1:http_port].")
+    str | None,
+    typer.Option("--http", metavar="URL", help="Hub URL [http(s)://127.0.0.1:http_port]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 WaitOpt = Annotated[
@@ -26,14 +27,15 @@ app = typer.Typer(help="Devices: list, show, send commands.", no_args_is_help=Tr
 
 
 def _api(http: str | None, data_dir: Any, *, token: bool = False) -> Any:
-    from picofleet.core.endpoints import local_host
+    from picofleet.core.endpoints import local_http_url
+    from picofleet.core.tls import trusted_ca
     from picofleet.ops.api import HubApi
     from picofleet.ops.cli import keys_for
 
     settings = settings_for(data_dir)
     secret = keys_for(settings).operator_token if token else None
-    base = http or f"http://{local_host(settings.http_bind)}:{settings.http_port}"
-    return HubApi(base, secret, timeout=70)
+    base = http or local_http_url(settings)
+    return HubApi(base, secret, timeout=70, ca=trusted_ca(settings))
 
 
 def _get(api: Any, path: str, **kw: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import stat
 import subprocess
 import time
@@ -34,8 +35,10 @@ from picofleet.core.credentials import (
     FleetKeys,
     load_fleet_secret,
 )
+from picofleet.core.endpoints import local_http_url
+from picofleet.core.mqttclient import ConnectFailed, MqttTarget, hub_target, probe
 from picofleet.core.settings import Settings, mqtt_endpoint
-from picofleet.ops.mqttc import ConnectFailed, probe
+from picofleet.core.tls import TlsError, client_context, trusted_ca
 
 SANE_EPOCH = 1_704_067_200  # 2024-01-01: a clock before this was never set (no RTC on a Pi)
 DISK_FAIL_BYTES = 256 * 1024**2
@@ -77,6 +80,8 @@ class Target:
     http_url: str
     expect_http: bool
     skip: frozenset[str] = frozenset()
+    mqtt_ca: Path | None = None  # the hub's CA when its broker speaks TLS
+    http_ca: Path | None = None  # the CA an https:// hub must chain to
 
 
 def target_for(
@@ -86,18 +91,19 @@ def target_for(
     http: str | None = None,
     skip: frozenset[str] = frozenset(),
 ) -> Target:
-    if mqtt is not None:
-        host, port = mqtt_endpoint(mqtt)
-    elif settings.mqtt_url:
-        host, port = mqtt_endpoint(settings.mqtt_url)
-    else:
-        host, port = "127.0.0.1", settings.hub_mqtt_port  # hub and operator credentials
+    try:  # hub and operator credentials: the hub's listener
+        mq = hub_target(settings, device=False, url=mqtt)
+    except TlsError:  # no CA yet (no hub started here): the plain loopback listener
+        host, port = mqtt_endpoint(mqtt or settings.mqtt_url or f"127.0.0.1:{settings.mqtt_port}")
+        mq = MqttTarget(host, port)
     return Target(
         settings=settings,
-        mqtt_host=host,
-        mqtt_port=port,
+        mqtt_host=mq.host,
+        mqtt_port=mq.port,
+        mqtt_ca=mq.ca,
         expect_mqtt=mqtt is not None or bool(settings.mqtt_url),
-        http_url=(http or f"http://127.0.0.1:{settings.http_port}").rstrip("/"),
+        http_url=(http or local_http_url(settings)).rstrip("/"),
+        http_ca=trusted_ca(settings),
         expect_http=http is not None,
         skip=skip,
     )
@@ -296,7 +302,8 @@ def check_mqtt(t: Target, keys: FleetKeys | None) -> Result:
         return Result("mqtt", Status.SKIP, f"{where}: no fleet secret to derive credentials")
     try:
         for user in (HUB_USER, OPERATOR_USER):
-            probe(t.mqtt_host, t.mqtt_port, user, keys.role_password(user), TIMEOUT_S)
+            target = MqttTarget(t.mqtt_host, t.mqtt_port, t.mqtt_ca)
+            probe(target, user, keys.role_password(user), TIMEOUT_S)
     except ConnectFailed as exc:
         if exc.refused:
             return Result(
@@ -321,10 +328,14 @@ def check_mqtt(t: Target, keys: FleetKeys | None) -> Result:
     return Result("mqtt", Status.OK, f"{where} accepts the hub and operator credentials")
 
 
+def _tls(t: Target) -> ssl.SSLContext | None:
+    return None if t.http_ca is None else client_context(t.http_ca)
+
+
 def check_http(t: Target) -> Result:
     url = t.http_url
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=TIMEOUT_S) as r:
+        with urllib.request.urlopen(f"{url}/health", timeout=TIMEOUT_S, context=_tls(t)) as r:
             body = json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return Result(
@@ -345,7 +356,7 @@ def check_http(t: Target) -> Result:
     if body.get("status") != "ok":
         return Result("http", Status.FAIL, f"{url}/health: {body}", "see the hub's log")
     try:
-        with urllib.request.urlopen(f"{url}/ready", timeout=TIMEOUT_S) as r:
+        with urllib.request.urlopen(f"{url}/ready", timeout=TIMEOUT_S, context=_tls(t)) as r:
             ready = json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as exc:
         ready = json.loads(exc.read() or b"{}")

@@ -17,13 +17,14 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from picofleet.core.credentials import FleetKeys
+from picofleet.core.mqttclient import ConnectFailed, MqttSession, MqttTarget
 from picofleet.core.topics import Kind, Topics
 from picofleet.ops.api import HubApi
-from picofleet.ops.mqttc import BlockingClient, ConnectFailed
 
 SMOKE_PREFIX = "smoke-"
 SMOKE_VALUE = 42.5
@@ -48,6 +49,7 @@ class Smoke:
     """Args:
     http: the hub's base URL.
     mqtt_host, mqtt_port: the broker devices use.
+    mqtt_ca, http_ca: the hub's CA, when its MQTT or HTTP speaks TLS.
     keys: the fleet's keys (device password, operator token).
     topics: the topic contract of the hub's prefix.
     device_key: default ``smoke-<8 hex>``.
@@ -64,13 +66,15 @@ class Smoke:
     timeout: float = 15.0
     wait: float = 0.0
     steps: list[Step] = field(default_factory=list)
+    mqtt_ca: Path | None = None
+    http_ca: Path | None = None
 
     def __post_init__(self) -> None:
         self.http = self.http.rstrip("/")
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, token: str | None = None) -> tuple[int, Any]:
-        return HubApi(self.http, token).call(method, path, auth=token is not None)
+        return HubApi(self.http, token, ca=self.http_ca).call(method, path, auth=token is not None)
 
     def _record(self, name: str, ok: bool | None, detail: str) -> bool:
         self.steps.append(Step(name, ok, detail))
@@ -121,7 +125,15 @@ class Smoke:
             "ts": int(time.time()),
             "readings": [{"type": SMOKE_TYPE, "value": SMOKE_VALUE}],
         }
-        client = BlockingClient(self.mqtt_host, self.mqtt_port, key, password, timeout=self.timeout)
+        target = MqttTarget(self.mqtt_host, self.mqtt_port, self.mqtt_ca)
+        client = MqttSession(
+            target=target,
+            username=key,
+            password=password,
+            clean_session=True,
+            manual_ack=False,
+            timeout=self.timeout,
+        )
         try:
             with client:
                 self._record("mqtt", True, f"{key} connected to {where}")
@@ -140,9 +152,9 @@ class Smoke:
             self._record("telemetry", None, "needs the MQTT connection")
             self._record("error", None, "needs the MQTT connection")
 
-    def _publish(self, client: BlockingClient, step: str, topic: str, payload: bytes) -> bool:
+    def _publish(self, client: MqttSession, step: str, topic: str, payload: bytes) -> bool:
         try:
-            client.publish(topic, payload, qos=1)
+            client.publish_wait(topic, payload, qos=1)
         except (OSError, TimeoutError, RuntimeError) as exc:
             # The embedded broker acknowledges only once the hub has stored the message.
             return self._record(

@@ -92,3 +92,6 @@ def register(app: typer.Typer) -> None:
     creds.command("rotate")(rotate)
     creds.command("renewed")(renewed)
     creds.command("end-grace")(end_grace_cmd)
+    from picofleet.security.tls_cli import app as tls_app
+
+    app.add_typer(tls_app, name="tls")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, cast
 
 import typer
@@ -23,7 +24,7 @@ def _percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
-def _reach_broker(host: str, port: int, keys: FleetKeys) -> None:
+def _reach_broker(host: str, port: int, keys: FleetKeys, ca: Path | None = None) -> None:
     """Log in once as a device before simulating anything: a simulator that cannot reach
     the hub must say so and exit non-zero, not report boards that never got online."""
     from picofleet.sim.mqttlite import Publisher
@@ -31,7 +32,9 @@ def _reach_broker(host: str, port: int, keys: FleetKeys) -> None:
     probe = "SIMW-000"
 
     async def attempt() -> None:
-        pub = Publisher(host=host, port=port, username=probe, password=keys.device_password(probe))
+        pub = Publisher(
+            host=host, port=port, ca=ca, username=probe, password=keys.device_password(probe)
+        )
         try:
             await asyncio.wait_for(pub.connect(), 10)
         finally:
@@ -70,17 +73,27 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a fleet over MQTT with real device credentials; prints what it sent."""
         from picofleet.core.endpoints import fleet_keys, local_host
+        from picofleet.core.mqttclient import hub_target
+        from picofleet.core.tls import TlsError
         from picofleet.core.topics import Topics
 
         settings = settings_for(data_dir)
+        keys = fleet_keys(settings)
+        ca = None
+        if host is None and port is None and not firmware:
+            try:  # the hub's own devices' listener: over TLS when the hub speaks it
+                target = hub_target(settings, device=True)
+            except TlsError as exc:
+                raise CommandError(str(exc)) from None
+            host, port, ca = target.host, target.port, target.ca
+        # The firmware boards' TLS is the board harness's (picofleet.sim.board).
         host = host or local_host(settings.mqtt_bind)
         port = port or settings.mqtt_port
-        keys = fleet_keys(settings)
         topics = Topics(settings.topic_prefix)
         if fmt not in ("legacy", "v1", "mixed"):
             raise CommandError("--format must be legacy, v1 or mixed")
         if shard is None:
-            _reach_broker(host, port, keys)
+            _reach_broker(host, port, keys, ca)
         if firmware:
             _boards(settings, keys, devices, host, port, duration)
             return
@@ -99,6 +112,7 @@ def register(app: typer.Typer) -> None:
             run_load(
                 host=host,
                 port=port,
+                ca=ca,
                 keys=keys,
                 topics=topics,
                 devices=count,

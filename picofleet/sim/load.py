@@ -12,6 +12,7 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from picofleet.core.credentials import FleetKeys
@@ -116,6 +117,7 @@ async def run_load(
     first: int = 0,
     qos: int = 1,
     max_inflight: int = 200,
+    ca: Path | None = None,
 ) -> LoadResult:
     """Publish at ``rate`` msg/s in total for ``duration`` s; waits for every PUBACK."""
     fleet = make_devices(devices, fmt, topics, first=first)
@@ -125,6 +127,7 @@ async def run_load(
         Publisher(
             host=host,
             port=port,
+            ca=ca,
             username=d.key,
             password=keys.device_password(d.key),
             client_id=f"sim-{d.key}",

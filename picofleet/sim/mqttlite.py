@@ -11,8 +11,10 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from picofleet.core import mqttwire as wire
+from picofleet.core.tls import client_context
 
 
 class MqttLiteError(ConnectionError):
@@ -24,6 +26,7 @@ class Publisher:
 
     Args:
         host, port: the broker.
+        ca: connect over TLS, trusting only this CA certificate (the hub's).
         username, password: the device's credentials.
         client_id: MQTT client id (default: the username).
         max_inflight: unacknowledged QoS 1 messages allowed before ``publish`` waits.
@@ -40,8 +43,10 @@ class Publisher:
         client_id: str | None = None,
         max_inflight: int = 100,
         on_ack: Callable[[float], None] | None = None,
+        ca: Path | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._ssl = None if ca is None else client_context(ca)
         self.username, self.password = username, password
         self.client_id = client_id or username
         self.max_inflight = max_inflight
@@ -56,7 +61,9 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self._reader, self._writer = await asyncio.open_connection(
+            self.host, self.port, ssl=self._ssl
+        )
         self._writer.write(wire.connect_packet(self.client_id, self.username, self.password, 60))
         head = await self._reader.readexactly(4)
         if head[0] >> 4 != wire.CONNACK or head[3] != 0:

@@ -25,23 +25,23 @@ from typing import Any
 
 from picofleet.core import logs
 from picofleet.core.credentials import FleetKeys
-from picofleet.core.settings import Settings, mqtt_endpoint
+from picofleet.core.mqttclient import MqttSession, MqttTarget, hub_target
+from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind, Topics, valid_device_key
 from picofleet.usb._discovery import Mode, UsbBoard, extra_ports, serial_boards
 from picofleet.usb._hold import held_ports
 from picofleet.usb._lines import Line, LineKind, LineSplitter, parse_line
-from picofleet.usb._publisher import DevicePublisher
+from picofleet.usb._publisher import DRAIN_S, device_session
 from picofleet.usb._settings import UsbSettings
 
 PENDING_MAX = 100  # lines held per port until its device key is known
 _HELLO = b"hello\r\n"
 
 
-def broker_endpoint(settings: Settings) -> tuple[str, int]:
-    """The broker the hub uses: PICOFLEET_MQTT_URL, else the embedded one on this host."""
-    if settings.mqtt_url:
-        return mqtt_endpoint(settings.mqtt_url)
-    return "127.0.0.1", settings.mqtt_port
+def broker_endpoint(settings: Settings) -> MqttTarget:
+    """The broker the hub uses: PICOFLEET_MQTT_URL, else the embedded one on this host (over
+    TLS when the hub speaks it)."""
+    return hub_target(settings, device=True)
 
 
 @dataclass
@@ -62,6 +62,7 @@ class UsbGateway:
 
     Args:
         host, port: the MQTT broker.
+        ca: its CA certificate, when it speaks TLS.
         keys: derives each device's MQTT password.
         topics: the topic contract.
         usb: the USB settings (extra ports, scan interval, queue bound).
@@ -79,12 +80,13 @@ class UsbGateway:
         usb: UsbSettings,
         hold_dir: Path | None = None,
         discover: Callable[[], list[UsbBoard]] = serial_boards,
+        ca: Path | None = None,
     ) -> None:
-        self.host, self.port = host, port
+        self.host, self.port, self.ca = host, port, ca
         self.keys, self.topics, self.usb = keys, topics, usb
         self.hold_dir = hold_dir
         self._discover = discover
-        self._publishers: dict[str, DevicePublisher] = {}
+        self._publishers: dict[str, MqttSession] = {}
         self._seq: dict[str, int] = {}
         self._last_ts: dict[str, float] = {}
         self._last_error: dict[str, str] = {}
@@ -125,7 +127,7 @@ class UsbGateway:
             await asyncio.gather(*readers.values(), return_exceptions=True)
             publishers = list(self._publishers.values())
             self._publishers.clear()
-            await asyncio.gather(*(asyncio.to_thread(p.close) for p in publishers))
+            await asyncio.gather(*(asyncio.to_thread(p.close, DRAIN_S) for p in publishers))
             self._log.info("usb.gateway_stopped", **self.stats)
 
     async def _serve(self, board: UsbBoard) -> None:
@@ -204,16 +206,15 @@ class UsbGateway:
             payload = line.raw.rstrip(b"\r")
         pub = self._publishers.get(key)
         if pub is None:
-            pub = DevicePublisher(
-                host=self.host,
-                port=self.port,
+            pub = device_session(
+                target=MqttTarget(self.host, self.port, self.ca),
                 key=key,
                 password=self.keys.device_password(key),
                 queue_max=self.usb.usb_queue_max,
             )
             pub.start()
             self._publishers[key] = pub
-        if pub.publish(self.topics.device(key, Kind.TELEMETRY), payload):
+        if pub.queue(self.topics.device(key, Kind.TELEMETRY), payload):
             self.stats["published"] += 1
         else:
             self.stats["dropped_queue_full"] += 1

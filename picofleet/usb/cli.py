@@ -377,10 +377,11 @@ def gateway_cmd(
     usb = UsbSettings()
     if port:
         usb = usb.model_copy(update={"usb_ports": [*usb.usb_ports, *port]})
-    host, mqtt_port = broker_endpoint(settings)
+    target = broker_endpoint(settings)
     gateway = UsbGateway(
-        host=host,
-        port=mqtt_port,
+        host=target.host,
+        port=target.port,
+        ca=target.ca,
         keys=load_fleet_keys(settings),
         topics=Topics(settings.topic_prefix),
         usb=usb,
@@ -392,5 +393,5 @@ def gateway_cmd(
         install_signals(stop)
         await gateway.run(stop)
 
-    typer.echo(f"usb gateway: publishing to {host}:{mqtt_port}; Ctrl-C stops it", err=True)
+    typer.echo(f"usb gateway: publishing to {target}; Ctrl-C stops it", err=True)
     asyncio.run(run())

@@ -22,10 +22,11 @@ async def attach(hub: HubContext, stop: asyncio.Event) -> list[Coroutine[Any, An
     usb = hub.area(UsbSettings)
     if not usb.usb_gateway:
         return []
-    host, port = broker_endpoint(hub.settings)
+    target = broker_endpoint(hub.settings)
     gateway = UsbGateway(
-        host=host,
-        port=port,
+        host=target.host,
+        port=target.port,
+        ca=target.ca,
         keys=hub.keys,
         topics=Topics(hub.settings.topic_prefix),
         usb=usb,

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 from picofleet.analytics import AlertChanges, AnalyticsSettings, Job, evaluate
-from picofleet.bridge.mqtt import MqttSession
 from picofleet.broker.embedded import EmbeddedBroker
 from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.core.mqttclient import MqttSession, MqttTarget
 from picofleet.core.topics import Kind, Topics
 from tests.analytics.conftest import MONTH, Feed
 from tests.helpers import Client, wait_for
@@ -63,8 +63,7 @@ async def rig(
     assert await asyncio.to_thread(listener.connect)
     await asyncio.to_thread(listener.subscribe, Topics().alert("#"))
     session = MqttSession(
-        host="127.0.0.1",
-        port=amqtt_broker.port,
+        target=MqttTarget("127.0.0.1", amqtt_broker.port),
         username=HUB_USER,
         password=keys.role_password(HUB_USER),
         client_id="analytics-test",

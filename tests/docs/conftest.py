@@ -51,6 +51,9 @@ def readme_hub() -> Iterator[Hub]:
         "PICOFLEET_DATA_DIR": str(data),
         "PICOFLEET_MQTT_PORT": str(mqtt_port),
         "PICOFLEET_HTTP_PORT": str(http_port),
+        # Never the shared defaults (8883, 8443) another hub on this machine may hold.
+        "PICOFLEET_MQTTS_PORT": str(free_port()),
+        "PICOFLEET_HTTPS_PORT": str(free_port()),
     }
     log = open(data.with_suffix(".up.log"), "wb")  # closed in the finally below
     proc = subprocess.Popen(["picofleet", "up"], cwd=ROOT, env=env, stdout=log, stderr=log)

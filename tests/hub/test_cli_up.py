@@ -43,7 +43,8 @@ def data_dir(hub_data: Path) -> Iterator[Path]:
 
 def test_up_end_to_end(data_dir: Path) -> None:
     need(bool(shutil.which("mosquitto_sub")), "mosquitto-clients")
-    mqtt_port, http_port = free_port(), free_port()
+    mqtt_port, mqtts_port, http_port = free_port(), free_port(), free_port()
+    https_port = free_port()
     env = dict(os.environ, PICOFLEET_LOG_FORMAT="json")
     proc = subprocess.Popen(
         [
@@ -55,6 +56,10 @@ def test_up_end_to_end(data_dir: Path) -> None:
             str(mqtt_port),
             "--http-port",
             str(http_port),
+            "--mqtts-port",
+            str(mqtts_port),
+            "--https-port",
+            str(https_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -65,7 +70,10 @@ def test_up_end_to_end(data_dir: Path) -> None:
         lines = read_banner(proc, 90)
         banner = "".join(lines)
         sub_line = next(ln.strip() for ln in lines if ln.strip().startswith("mosquitto_sub"))
-        assert f"-p {mqtt_port}" in sub_line and f"http://127.0.0.1:{http_port}/" in banner
+        # Over TLS with the hub's CA; HTTPS, the hub being bound beyond loopback (issue 17).
+        assert f"-p {mqtts_port} --cafile {data_dir}/tls/ca.pem" in sub_line
+        assert f"http://127.0.0.1:{http_port}/" in banner  # plain HTTP stays on loopback
+        assert f"https://127.0.0.1:{https_port}/" in banner
 
         # The printed line works as printed (plus -C 2: the retained hub status, then ours).
         sub = subprocess.Popen(

@@ -429,7 +429,9 @@ def test_mosquitto_reads_the_files_broker_config_writes() -> None:
     uid, gid = image_uid_gid()
     assert broker["user"] == f"{uid}:{gid}"
     published = [str(p).rsplit(":", 1)[-1] for p in broker.get("ports", [])]
-    assert "1883" in published
+    # Devices reach Mosquitto over TLS only; plain 1883 stays inside the container (issue 17).
+    tls_port = writer["command"][writer["command"].index("--tls-port") + 1]
+    assert published == [tls_port]
 
 
 # -- Dockerfile ----------------------------------------------------------------------------------

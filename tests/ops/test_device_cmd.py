@@ -150,4 +150,4 @@ def test_help_reads_well_at_80_columns() -> None:
     smoke = subprocess.run(
         [*CLI, "smoke", "--help"], capture_output=True, text=True, env=env, timeout=60
     ).stdout
-    assert "[http://127.0.0.1:http_port]" in smoke
+    assert "[http(s)://127.0.0.1:http_port]" in smoke

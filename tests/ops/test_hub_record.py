@@ -79,8 +79,10 @@ async def count(url: str, sql: str) -> int:
 
 
 def test_commands_find_the_hub_from_its_data_dir(hub_data: Path, tmp_path: Path) -> None:
-    mqtt_port, http_port = free_port(), free_port()
+    mqtt_port, mqtts_port, http_port = free_port(), free_port(), free_port()
     ports = ("--mqtt-port", str(mqtt_port), "--http-port", str(http_port))
+    https_port = free_port()
+    ports += ("--mqtts-port", str(mqtts_port), "--https-port", str(https_port))
     try:
         with hub_up(hub_data, tmp_path, *ports):
             record = json.loads((hub_data / HUB_FILE).read_text())
@@ -99,7 +101,8 @@ def test_commands_find_the_hub_from_its_data_dir(hub_data: Path, tmp_path: Path)
             doctor = json.loads(ok(cli("doctor", "--json", cwd=tmp_path, data_dir=hub_data)))
             checks = {c["name"]: c["detail"] for c in doctor["checks"]}
             assert f"127.0.0.1:{http_port} is up" in checks["http"]
-            assert f"127.0.0.1:{mqtt_port} accepts" in checks["mqtt"]
+            # Over TLS, trusting the hub's CA (the hub speaks TLS by default).
+            assert f"127.0.0.1:{mqtts_port} accepts" in checks["mqtt"]
 
             url = ok(cli("db", "url", cwd=tmp_path, data_dir=hub_data)).strip()
             assert urlsplit(url).port == record["pg_port"]
@@ -129,7 +132,7 @@ def test_commands_find_the_hub_from_its_data_dir(hub_data: Path, tmp_path: Path)
                     )
                 )
             )
-            public = f"http://{lan_address()}:{http_port}"
+            public = f"http://{lan_address()}:{http_port}"  # artifacts: plain, signed
             assert record["public_url"] == public
             assert rel["artifact_url"] == f"{public}/ota/artifacts/{rel['sha256']}"
 
@@ -151,6 +154,7 @@ def test_public_url_setting_names_artifacts(hub_data: Path, tmp_path: Path) -> N
             hub_data,
             tmp_path,
             *("--mqtt-port", str(free_port()), "--http-port", str(http_port)),
+            *("--mqtts-port", str(free_port()), "--https-port", str(free_port())),
             *("--public-url", public),
         ) as banner:
             assert public in banner

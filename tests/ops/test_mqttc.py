@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import queue
 from typing import Any
 
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys
-from picofleet.ops.mqttc import BlockingClient, probe
+from picofleet.core.mqttclient import MqttSession, MqttTarget, probe
 from tests.helpers import Client
 
 KEY = "AI-TOOL01"
@@ -15,20 +14,23 @@ KEY = "AI-TOOL01"
 
 def _follow_after_another_tool(hub_port: int, dev_port: int, keys: FleetKeys) -> bytes:
     op = keys.role_password(OPERATOR_USER)
-    with BlockingClient("127.0.0.1", hub_port, OPERATOR_USER, op) as tail:
+    target = MqttTarget("127.0.0.1", hub_port)
+    tail = MqttSession(
+        target=target, username=OPERATOR_USER, password=op, clean_session=True, manual_ack=False
+    )
+    with tail:
         tail.subscribe(["picofleet/#"])
         # `picofleet doctor` checks the operator's login: under the same client id it drops
         # the long-lived session, which comes back and subscribes again by itself.
-        probe("127.0.0.1", hub_port, OPERATOR_USER, op)
+        probe(target, OPERATOR_USER, op)
         dev = Client(dev_port, KEY, keys.device_password(KEY))
         assert dev.connect()
         try:
             for seq in range(200):  # until the tail is back: each is a fresh message
                 dev.publish(f"picofleet/devices/{KEY}/telemetry", f"{seq}".encode())
-                try:
-                    return tail.messages.get(timeout=0.1).payload
-                except queue.Empty:
-                    continue
+                got = tail.get(0.1)
+                if got is not None:
+                    return got.payload
         finally:
             dev.close()
     raise AssertionError("the tail never came back")

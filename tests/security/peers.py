@@ -7,8 +7,10 @@ counts disconnects, which is what the client-id takeover cells need to observe.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -24,13 +26,17 @@ class Peer:
         *,
         client_id: str = "",
         clean_session: bool = True,
+        ca: Path | None = None,
     ) -> None:
+        """``ca``: connect over TLS, trusting only this CA certificate."""
         self.c = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,
             protocol=paho.MQTTv311,
         )
+        if ca is not None:
+            self.c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
         if username is not None:
             self.c.username_pw_set(username, password)
         self.port = port
@@ -38,6 +44,9 @@ class Peer:
         self.disconnects = 0
         self.rc: Any = None
         self._lock = threading.Lock()
+        # paho writes a publish from the caller's thread when it runs no loop thread of its
+        # own; one TLS connection must not be read and written by two threads at once.
+        self._io = threading.Lock()
         self._connected = threading.Event()
         self._subacked = threading.Event()
         self._suback: list[Any] = []
@@ -69,7 +78,10 @@ class Peer:
         # paho's loop_start() reconnects by itself and sleeps a second before it can stop;
         # a peer here must stay down once the broker drops it, and stop at once.
         while not self._stop.is_set():
-            if self.c.loop(timeout=0.02) != paho.MQTT_ERR_SUCCESS:
+            with self._io:
+                rc = self.c.loop(timeout=0.02)
+            time.sleep(0.0005)  # let a waiting publish take the connection
+            if rc != paho.MQTT_ERR_SUCCESS:
                 self._stop.wait(0.02)
 
     def _connect(self) -> bool:
@@ -91,12 +103,15 @@ class Peer:
             self._thread = None
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
-        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+        with self._io:
+            info = self.c.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
 
     def _subscribe(self, topic_filter: str) -> bool:
         """True when the SUBACK grants the subscription."""
         self._subacked.clear()
-        self.c.subscribe(topic_filter, 1)
+        with self._io:
+            self.c.subscribe(topic_filter, 1)
         assert self._subacked.wait(5), "no SUBACK"
         return not self._suback[0].is_failure
 
@@ -115,6 +130,7 @@ class Peer:
 
     def close(self) -> None:
         if self._thread is not None and self.c.is_connected():
-            self.c.disconnect()
+            with self._io:
+                self.c.disconnect()
             time.sleep(0.01)  # let the network thread send DISCONNECT
         self._halt()

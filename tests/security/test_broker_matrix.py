@@ -1,5 +1,5 @@
 """The broker policy as a table, run with real clients on amqtt (bare and behind the Tap) and
-on Mosquitto.
+on Mosquitto, every client over TLS (the hub's CA, as devices and operators connect).
 
 Every cell names who acts, what they try, and what must happen. Publish cells are observed
 by a hub-credential watcher subscribed to ``#`` (a refused publish never arrives); subscribe
@@ -18,6 +18,7 @@ import contextlib
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ from picofleet.broker.embedded import EmbeddedBroker, FleetBroker
 from picofleet.broker.policy import Policy
 from picofleet.broker.tap import Tap
 from picofleet.core.credentials import HUB_USER, OPERATOR_USER, FleetKeys
+from picofleet.core.settings import Settings
+from picofleet.core.tls import TlsFiles, ensure_tls, server_context
 from tests.conftest import RunningHub
 from tests.helpers import Client, free_port, wait_for
 from tests.security.peers import Peer
@@ -235,10 +238,12 @@ def password(keys: FleetKeys, cell: Cell) -> str | None:
 
 @dataclass(frozen=True)
 class Ports:
-    """Where each role connects: on Mosquitto the hub and operators have their own listener."""
+    """Where each role connects: on Mosquitto the hub and operators have their own listener.
+    ``ca``: everyone connects over TLS, trusting this CA."""
 
     devices: int
     hub: int
+    ca: Path | None = None
 
     def of(self, who: str) -> int:
         return self.hub if who in (HUB_USER, OPERATOR_USER) else self.devices
@@ -248,7 +253,7 @@ def actor(ports: Ports, keys: FleetKeys, cell: Cell, **kw: Any) -> Peer:
     user = None if cell.who == ANON else cell.who
     if cell.who == OPERATOR_USER and not kw.get("client_id"):
         kw["client_id"] = OPERATOR_USER  # the operator's client id is bound to its username
-    return Peer(ports.of(cell.who), user, password(keys, cell), **kw)
+    return Peer(ports.of(cell.who), user, password(keys, cell), ca=ports.ca, **kw)
 
 
 def own_topic(who: str, kind: str) -> str:
@@ -272,7 +277,13 @@ async def run_cell(cell: Cell, broker: str, ports: Ports | int, keys: FleetKeys)
     if isinstance(ports, int):
         ports = Ports(ports, ports)
     expected = cell.expected(broker)
-    hub = Peer(ports.hub, HUB_USER, keys.role_password(HUB_USER), client_id=f"watch-{uuid.uuid4()}")
+    hub = Peer(
+        ports.hub,
+        HUB_USER,
+        keys.role_password(HUB_USER),
+        client_id=f"watch-{uuid.uuid4()}",
+        ca=ports.ca,
+    )
     assert await hub.connect()
     peers = [hub]
     try:
@@ -325,6 +336,7 @@ async def run_cell(cell: Cell, broker: str, ports: Ports | int, keys: FleetKeys)
                 keys.role_password(HUB_USER),
                 client_id=bridge_id,
                 clean_session=False,
+                ca=ports.ca,
             )
             peers.append(bridge)
             assert await bridge.connect()
@@ -333,7 +345,7 @@ async def run_cell(cell: Cell, broker: str, ports: Ports | int, keys: FleetKeys)
             peers.append(intruder)
             took = await intruder.connect()
             intruder.close()
-            dev = Peer(ports.devices, B, keys.device_password(B))
+            dev = Peer(ports.devices, B, keys.device_password(B), ca=ports.ca)
             peers.append(dev)
             assert await dev.connect()
             await dev.publish(f"{P}/devices/{B}/telemetry", b"after")
@@ -371,16 +383,24 @@ def test_matrix_ids_are_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """The hub CA and server certificate every broker of the matrix serves."""
+    return ensure_tls(Settings(data_dir=tmp_path_factory.mktemp("tls"), tls_hosts=["127.0.0.1"]))
+
+
 @pytest.mark.parametrize("cell", params("amqtt"))
-async def test_amqtt(
-    cell: Cell, policy: Policy, keys: FleetKeys, amqtt_broker: EmbeddedBroker
-) -> None:
+async def test_amqtt(cell: Cell, policy: Policy, keys: FleetKeys, tls: TlsFiles) -> None:
     policy.blocked.add(BLOCKED)
-    await run_cell(cell, "amqtt", amqtt_broker.port, keys)
+    tls_port = free_port()
+    async with EmbeddedBroker(
+        policy=policy, bind="127.0.0.1", port=free_port(), tls=tls, tls_port=tls_port
+    ):
+        await run_cell(cell, "amqtt", Ports(tls_port, tls_port, tls.ca_cert), keys)
 
 
 @pytest.mark.parametrize("cell", params("amqtt"))
-async def test_tap(cell: Cell, policy: Policy, keys: FleetKeys) -> None:
+async def test_tap(cell: Cell, policy: Policy, keys: FleetKeys, tls: TlsFiles) -> None:
     """The same amqtt column through the Tap, the embedded broker ``picofleet up`` runs."""
     policy.blocked.add(BLOCKED)
 
@@ -388,10 +408,12 @@ async def test_tap(cell: Cell, policy: Policy, keys: FleetKeys) -> None:
         while True:
             tap.ack(await tap.take(100, 0))
 
-    async with Tap(policy=policy, bind="127.0.0.1", port=free_port()) as tap:
+    tls_port = free_port()
+    listener = ("127.0.0.1", tls_port, server_context(tls))
+    async with Tap(policy=policy, bind="127.0.0.1", port=free_port(), tls=listener) as tap:
         task = asyncio.create_task(bridge(tap))
         try:
-            await run_cell(cell, "amqtt", tap.port, keys)
+            await run_cell(cell, "amqtt", Ports(tls_port, tls_port, tls.ca_cert), keys)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -400,13 +422,13 @@ async def test_tap(cell: Cell, policy: Policy, keys: FleetKeys) -> None:
 
 @pytest.mark.parametrize("cell", params("mosquitto"))
 async def test_mosquitto(
-    cell: Cell, policy: Policy, keys: FleetKeys, mosquitto_factory: Any
+    cell: Cell, policy: Policy, keys: FleetKeys, mosquitto_factory: Any, tls: TlsFiles
 ) -> None:
     policy.blocked.add(BLOCKED)
-    mosq = await mosquitto_factory(PROVISIONED)
+    mosq = await mosquitto_factory(PROVISIONED, tls=tls)
     passwd = (mosq.conf.parent / "passwd").read_text()
     assert f"\n{BLOCKED}:" not in f"\n{passwd}", "a blocked device must not be in the password file"
-    await run_cell(cell, "mosquitto", Ports(mosq.port, mosq.hub_port), keys)
+    await run_cell(cell, "mosquitto", Ports(mosq.tls_port, mosq.hub_port, tls.ca_cert), keys)
 
 
 async def test_a_connection_that_never_sends_connect_is_closed(

@@ -334,13 +334,15 @@ def test_uf2_command_copies_to_every_drive_and_waits_for_reboots(tmp_path: Path)
 
 
 def test_publisher_bounds_its_queue_while_the_broker_is_away() -> None:
-    from picofleet.usb._publisher import DevicePublisher
+    from picofleet.core.mqttclient import MqttTarget
+    from picofleet.usb._publisher import device_session
     from tests.helpers import free_port
 
-    pub = DevicePublisher(host="127.0.0.1", port=free_port(), key=KEY, password="x", queue_max=3)
+    target = MqttTarget("127.0.0.1", free_port())
+    pub = device_session(target=target, key=KEY, password="x", queue_max=3)
     pub.start()
     try:
-        sent = [pub.publish("picofleet/devices/x/telemetry", b"{}") for _ in range(5)]
+        sent = [pub.queue("picofleet/devices/x/telemetry", b"{}") for _ in range(5)]
     finally:
         pub.close(drain_s=0)
     assert sent == [True, True, True, False, False]
