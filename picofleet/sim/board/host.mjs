@@ -128,15 +128,15 @@ const BADCERT = {
 const NOT_TRUSTED = "The certificate is not correctly signed by the trusted CA";
 
 // The server's certificate against the trusted CAs (it must be signed by one of them: the
-// hub's CA signs it directly), its dates and the name the board asked for; null when good.
-function earlyCheck(peer, cas, host) {
+// hub's CA signs it directly), its dates by the board's clock and the name the board asked
+// for; null when good.
+function earlyCheck(peer, cas, host, now) {
   if (!peer) return NOT_TRUSTED;
   const signed = cas.some((pem) => {
     const ca = new X509Certificate(pem);
     return peer.checkIssued(ca) && peer.verify(ca.publicKey);
   });
   if (!signed) return NOT_TRUSTED;
-  const now = Date.now();
   if (now < Date.parse(peer.validFrom)) return BADCERT.CERT_NOT_YET_VALID;
   if (now > Date.parse(peer.validTo)) return BADCERT.CERT_HAS_EXPIRED;
   return nameCheck(peer, host);
@@ -199,7 +199,8 @@ class Sock {
   // TLS client on the connected socket (MicroPython's wrap_socket on rp2): from here on
   // this.net is the TLS socket and rx holds plaintext. tls: {state: 0 handshaking, 1 done,
   // -1 failed; why: mbedTLS's text for a refused certificate, errno: else}.
-  startTls(cas, host, verify) {
+  startTls(cas, host, rtcMs) {
+    const verify = rtcMs > 0;
     const raw = this.raw;
     raw.removeAllListeners("data");
     raw.removeAllListeners("end");
@@ -233,7 +234,7 @@ class Sock {
     this.net = t;
     t.on("OCSPResponse", () => {
       this.tls.peer = t.getPeerX509Certificate();
-      const why = earlyCheck(this.tls.peer, opts.ca, host);
+      const why = earlyCheck(this.tls.peer, opts.ca, host, rtcMs);
       if (why && this.tls.state === 0) {
         this.tls.state = -1;
         this.tls.why = why;
@@ -483,10 +484,11 @@ async function handle(m) {
       return s.snapshot();
     }
     case "stls": {
-      // a: socket, b: CA certificates (hex DER, comma-separated), c: server name, d: verify
+      // a: socket, b: CA certificates (hex DER, comma-separated), c: server name, d: the
+      // board's RTC (Unix s) to check the certificate's dates against, 0: no verification
       const s = socks.get(a);
       if (!s || !s.raw || s.state !== 2) return 107;
-      s.startTls(b ? b.split(",") : [], c, !!d);
+      s.startTls(b ? b.split(",") : [], c, d ? d * 1000 : 0);
       return 0;
     }
     case "stlsinfo": {

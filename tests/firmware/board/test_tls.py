@@ -131,3 +131,41 @@ async def test_board_refuses_an_expired_hub_certificate(
     )
     async with running_hub(settings) as hub:
         await _refuses(tmp_path, hub, pool, ca, expired, "BOARD-EXPIRED", "validity has expired")
+
+
+async def test_board_with_no_clock_refuses_then_connects_once_it_has_one(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    # mbedTLS on rp2 checks the certificate's dates against the RTC, which comes up at
+    # 2021-01-01: until NTP (or the hub's Date header) answers, the hub's certificate is
+    # from the future. The board must wait that out without a reset, then connect.
+    ca = make_ca()
+    key = "BOARD-NO-CLOCK"
+    async with (
+        running_hub(settings) as hub,
+        TlsFront(("127.0.0.1", hub.mqtt_port), *server_cert(ca), tmp_path / "front") as front,
+    ):
+        flash_dir = provision(
+            tmp_path / "flash",
+            hub,
+            key=key,
+            port=front.port,
+            ca_pem=ca.pem,
+            hub_http="http://127.0.0.1:9",  # no Date header to set the clock from either
+        )
+        board = Board(flash_dir, name="no-clock")
+        try:
+            board.ntp(False)
+            board.start()
+            for _ in range(2):
+                await asyncio.to_thread(board.wait_line, REFUSED, since=board.mark(), timeout=60)
+            assert all("starts in the future" in x for x in board.lines() if REFUSED in x), (
+                board.console()
+            )
+            assert front.seen.handshakes == 0 and front.seen.plaintext == b""
+            assert await _device_rows(pool, key) == 0
+            board.ntp(True)  # the next clock sync (within a minute) sets the RTC
+            await until(board, lambda: provisioned(pool, key), timeout=120)
+            assert board.resets() == [] and board.boots() == 1, board.console()
+        finally:
+            board.stop()

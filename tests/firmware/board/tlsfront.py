@@ -183,6 +183,8 @@ class TlsFront:
                         data = tls.read(65536)
                     except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
                         break
+                    if not data:
+                        break
                     self.seen.plaintext += data
                     uw.write(data)
                 flush()

@@ -76,7 +76,8 @@ class SSLSocket:
         if verify and not cas:
             self._err = OSError(_NO_CA)  # mbedTLS fails the handshake: no CA chain
         else:
-            err = _rt.call("stls", sock._id, ",".join(cas), host or "", 1 if verify else 0)
+            rtc = int(_rt.rtc_now()) if verify else 0  # mbedTLS reads the RTC for the dates
+            err = _rt.call("stls", sock._id, ",".join(cas), host or "", rtc)
             if err:
                 raise OSError(err)
         if handshake:
