@@ -10,7 +10,12 @@ verify run in the board; each beside the 100 KB ceiling, raw and less the harnes
 the Ed25519 verify time in the interpreter. The heap during an OTA download comes from the
 OTA benches/tests (they use the same Board.heap()).
 
-    .venv/bin/python bench/firmware_heap.py [--steady-s 20] [--runs 3]
+    .venv/bin/python bench/firmware_heap.py [--steady-s 20] [--runs 3] [--tls]
+
+--tls: the board gets a CA (config.json ``ca_pem``) and reaches the broker through a TLS server
+in front of it (tests/firmware/board/tlsfront.py): the rows then hold the firmware's side of a
+TLS session (its SSLContext, the CA, the non-blocking I/O) and the harness's ssl stand-in,
+never mbedTLS's own buffers, which are C allocations on rp2 and do not exist here.
 
 What these figures are not: a Pico W's. Floats are double here, the interpreter is much
 faster than a 125 MHz Cortex-M0+, and this build's heap grows instead of raising MemoryError
@@ -100,20 +105,28 @@ def row(label: str, h: Heap) -> None:
     )
 
 
-async def measure(root: Path, steady_s: float, runs: int) -> None:
+async def measure(root: Path, steady_s: float, runs: int, use_tls: bool) -> None:
     from picofleet.core.signing import key_id
+    from tests.firmware.board.tlsfront import TlsFront, make_ca, server_cert
 
     signer = Ed25519PrivateKey.generate()
     pub = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    async with hub(root) as settings:
+    async with hub(root) as settings, contextlib.AsyncExitStack() as stack:
         keys = FleetKeys(SECRET.encode())
+        port, ca_pem = settings.mqtt_port, None
+        if use_tls:
+            ca = make_ca()
+            front = TlsFront(("127.0.0.1", port), *server_cert(ca), root / "front")
+            await stack.enter_async_context(front)
+            port, ca_pem = front.port, ca.pem
         cfg = device_config(
             KEY,
             keys,
-            broker=("127.0.0.1", settings.mqtt_port),
+            broker=("127.0.0.1", port),
             hub_http=f"http://127.0.0.1:{settings.http_port}",
             telemetry_interval_s=2,
             ota_key=(base64.b64encode(pub).decode(), key_id(pub)),
+            ca_pem=ca_pem,
         )
         flash(root / "flash", cfg)
         board = Board(root / "flash", name=KEY)
@@ -135,7 +148,8 @@ async def measure(root: Path, steady_s: float, runs: int) -> None:
             verify = await asyncio.to_thread(board.heap, "after-verify")
             bench = next(ln for ln in out if ln.startswith("mp ")).split()
             by = {h.label: h for h in board.heaps()}
-            print(f"live heap of {KEY} (gc.mem_alloc() after a collection), MicroPython 1.27 wasm")
+            mode = "MQTT over TLS (firmware side only)" if use_tls else "plain MQTT"
+            print(f"live heap of {KEY} (gc.mem_alloc() after a collection), {mode}, wasm 1.27")
             print(f"  harness baseline at boot: {by['boot'].alloc / 1024:.1f} KB")
             for label in ("boot.py", "imports", "connect"):
                 row(label, by[label])
@@ -156,11 +170,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steady-s", type=float, default=20)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tls", action="store_true", help="the board speaks TLS to the broker")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="picofleet-bench-heap-"))
     os.chmod(root, 0o755)  # the embedded PostgreSQL runs as another user when we are root
     try:
-        asyncio.run(measure(root, args.steady_s, args.runs))
+        asyncio.run(measure(root, args.steady_s, args.runs, args.tls))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -2,7 +2,8 @@
 # the sample ring (ring + envelope), the MQTT session (mqtt) and the updater (ota).
 #   control  every 0.2 s: pump timers -> relay, feed the watchdog
 #   sampler  every telemetry_interval_s: sensors -> automatic watering rule -> ring
-#   net      Wi-Fi, clock, MQTT with capped backoff; while online: commands and their acks,
+#   net      Wi-Fi, clock, MQTT (over TLS when config.json holds the hub's CA: ca_pem) with
+#            capped backoff; while online: commands and their acks,
 #            OTA reports, the ring drained oldest first, OTA metas, keepalive
 # The watchdog (8 s) is fed by the control task only while the sampler and the net task
 # have shown progress within _STALL_MS (each beats at least every _BEAT_S), so a task that
@@ -114,6 +115,7 @@ class App:
         self.cmds = []
         self.cmds_dropped = 0
         self.sess = None
+        self._tls = None  # the SSLContext for the hub's CA, made at the first TLS connect
         self.boot_epoch = None  # Unix time at ms 0 of this boot, once a clock answered
         self.drift_s = 0
         self._synced_at = None
@@ -281,6 +283,10 @@ class App:
         br = self.cfg["broker"]
         self._progress()
         addr = b.resolve(br["host"], br["port"])
+        if self._tls is None and self.cfg.get("ca_pem"):
+            # Kept across reconnects: the CA is parsed once. The clock was set above, and
+            # must be: mbedTLS checks the certificate's dates against the RTC.
+            self._tls = mqtt.tls_context(config.ca_der(self.cfg))
         s = mqtt.Session(
             self.cfg,
             self.t_status,
@@ -289,6 +295,7 @@ class App:
             _SOCK_TIMEOUT_S,
             self._progress,
             addr,
+            self._tls,
         )
         self.sess = s
         s.connect(b.ms())

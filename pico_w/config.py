@@ -31,10 +31,12 @@ _DEFAULT_PINS = {"relay": 15, "relay_active_high": True, "moisture_adc": 26}
 _KEYS = (
     "device_key", "mqtt_password", "provision_secret", "provision_key", "wifi", "broker",
     "hub_http", "prefix", "device_type", "channel", "ota_pubkey", "ota_key_id", "calibration",
-    "pump", "telemetry_interval_s", "sensors", "pins", "ntp_host", "ota_trial_s",
+    "pump", "telemetry_interval_s", "sensors", "pins", "ntp_host", "ota_trial_s", "ca_pem",
 )
 _KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _HEX = "0123456789abcdef"
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
 
 
 class ConfigError(Exception):
@@ -129,6 +131,12 @@ def validate(doc):
     if hub is not None and not hub.startswith("http://"):
         _fail("'hub_http' must start with http://")
     out["hub_http"] = hub
+    # The hub's CA certificate (PEM): present, the broker is reached over TLS and must show a
+    # certificate that chains to it; absent, plain MQTT (a hub without TLS).
+    ca = _str(doc, "ca_pem", required=False)
+    if ca is not None and _PEM_BEGIN not in ca:
+        _fail("'ca_pem' must hold a PEM certificate (-----BEGIN CERTIFICATE-----)")
+    out["ca_pem"] = ca
     out["ntp_host"] = _str(doc, "ntp_host", required=False)
     dtype = board_type(getattr(sys.implementation, "_machine", ""))
     for k, default in (("prefix", "picofleet"), ("device_type", dtype), ("channel", "stable")):
@@ -205,6 +213,35 @@ def public_key(cfg):
     return raw
 
 
+def ca_der(cfg):
+    # The CA certificates of 'ca_pem' as a list of DER bytes (None without TLS); raises
+    # ConfigError when a block does not decode. DER, not PEM: mbedTLS parses it with no
+    # base64 pass and no trailing-NUL rule.
+    text = cfg.get("ca_pem")
+    if text is None:
+        return None
+    import binascii
+
+    out = []
+    i = text.find(_PEM_BEGIN)
+    while i >= 0:
+        j = text.find(_PEM_END, i)
+        if j < 0:
+            break
+        body = text[i + len(_PEM_BEGIN) : j].replace("\n", "").replace("\r", "")
+        try:
+            der = binascii.a2b_base64(body.strip().encode())
+        except Exception:  # ValueError in C builds, plain Exception in the Python binascii
+            der = b""
+        if len(der) < 64 or der[0] != 0x30:
+            _fail("'ca_pem' holds a certificate that does not decode")
+        out.append(der)
+        i = text.find(_PEM_BEGIN, j)
+    if not out:
+        _fail("'ca_pem' holds no complete certificate")
+    return out
+
+
 def load(path=PATH):
     try:
         with open(path) as f:
@@ -217,6 +254,7 @@ def load(path=PATH):
         _fail(path + " is not valid JSON")
     cfg = validate(doc)
     public_key(cfg)
+    ca_der(cfg)
     return cfg
 
 

@@ -11,7 +11,13 @@
 #     arrive within 2 x timeout; poll() never waits
 #   - an incoming packet larger than `max_in` is never held in RAM: a PUBLISH is read past
 #     in small pieces (and acknowledged), anything else ends the session
-# Every failure raises MqttError (an OSError), which the app answers with a reconnect.
+#   - TLS when the caller passes an SSLContext (tls_context: the hub's CA only, certificate
+#     required, server name checked): the socket is non-blocking under mbedTLS and every
+#     read or write is polled here, the watchdog fed between polls, so the handshake (run
+#     inside the first write: CONNECT, hence the password, only goes out once the hub's
+#     certificate checked out) and each later call are bounded like the plain socket's
+# Every failure raises MqttError (an OSError), which the app answers with a reconnect; that
+# includes a refused certificate (mbedTLS raises ValueError for it).
 import socket
 import time
 
@@ -28,10 +34,28 @@ MAX_IN = 4096  # the largest packet kept: OTA metas are ~700 bytes, commands les
 _CHUNK = 256
 _POLL_MAX = 8  # packets handled per poll()
 _EAGAIN = (11, 110)  # EAGAIN, ETIMEDOUT: nothing there (yet)
+HANDSHAKE_MS = 20000  # a TLS handshake on a 125 MHz M0+ takes seconds (ECDHE, ECDSA checks)
+_TLS_POLL_MS = 5
 
 
 class MqttError(OSError):
     pass
+
+
+def tls_context(cas):
+    # An SSLContext that trusts only `cas` (DER certificates: the hub's CA). ssl's own default
+    # for a client is CERT_NONE, so the mode is set here; a CA mbedTLS cannot parse is an
+    # MqttError (a reconnect, never a reset loop).
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        for der in cas:
+            ctx.load_verify_locations(cadata=der)
+    except (OSError, ValueError) as e:
+        raise MqttError("ca_pem: %r" % (e,))
+    return ctx
 
 
 def _b(s):
@@ -102,9 +126,12 @@ def subscribe_packet(topic, qos, pid):
 
 
 class Session:
-    def __init__(self, cfg, status_topic, on_message, keepalive, timeout, feed=None, addr=None):
+    def __init__(
+        self, cfg, status_topic, on_message, keepalive, timeout, feed=None, addr=None, tls=None
+    ):
         # addr: the broker's (ip, port) when the caller resolved it (hw.Board.resolve bounds
-        # DNS); else getaddrinfo here. on_message(topic bytes, payload bytes).
+        # DNS); else getaddrinfo here. on_message(topic bytes, payload bytes). tls: an
+        # SSLContext (tls_context) for a broker that speaks TLS, else None.
         b = cfg["broker"]
         self._host = b["host"]
         self._port = b["port"]
@@ -119,6 +146,8 @@ class Session:
         self._half_ms = keepalive * 500
         self._sent = 0
         self._ping_at = None  # when an unanswered PINGREQ went out
+        self._tls = tls
+        self._raw = None  # the TCP socket under TLS (self.sock is then the SSL socket)
         self.sock = None
         self.pid = 0  # the last packet id used
         self.max_in = MAX_IN
@@ -133,22 +162,49 @@ class Session:
             self._feed()
         return s
 
-    def _write(self, buf):
+    def _secure(self):
+        return self._raw is not None and self.sock is not self._raw
+
+    def _poll_tls(self, out, arg, limit_ms):
+        # One TLS write (out) or read on the non-blocking SSL socket, polled until it moves:
+        # None means mbedTLS is waiting on the network (a record, a handshake step).
+        end = time.ticks_add(time.ticks_ms(), limit_ms)
+        while True:
+            s = self._io()
+            try:
+                r = s.write(arg) if out else s.read(arg)
+            except ValueError as e:  # mbedTLS: the certificate did not verify
+                raise MqttError("hub certificate refused: %s" % str(e).strip())
+            except OSError as e:
+                raise MqttError("tls %s: %r" % ("write" if out else "read", e))
+            if r is not None:
+                return r
+            if time.ticks_diff(end, time.ticks_ms()) <= 0:
+                raise MqttError("tls %s timed out" % ("write" if out else "read"))
+            time.sleep_ms(_TLS_POLL_MS)
+
+    def _write(self, buf, limit_ms=None):
         mv = memoryview(buf)
         while len(mv):
-            try:
-                n = self._io().write(mv)
-            except OSError as e:
-                raise MqttError("write: %r" % (e,))
+            if self._secure():
+                n = self._poll_tls(True, mv, limit_ms or int(1000 * self._t))
+            else:
+                try:
+                    n = self._io().write(mv)
+                except OSError as e:
+                    raise MqttError("write: %r" % (e,))
             if not n:
                 raise MqttError("write timed out")
             mv = mv[n:]
 
     def _recv(self, n):
-        try:
-            d = self._io().recv(n)
-        except OSError as e:
-            raise MqttError("read: %r" % (e,))
+        if self._secure():
+            d = self._poll_tls(False, n, int(1000 * self._t))
+        else:
+            try:
+                d = self._io().recv(n)
+            except OSError as e:
+                raise MqttError("read: %r" % (e,))
         if not d:
             raise MqttError("connection closed by the broker")
         return d
@@ -183,16 +239,22 @@ class Session:
     def _pending(self):
         # The first byte of the next packet if one is there, without waiting.
         s = self._io()
-        try:
-            s.settimeout(0)
-            d = s.read(1)
-        except OSError as e:
-            if e.args and e.args[0] in _EAGAIN:
-                d = None
-            else:
-                raise MqttError("read: %r" % (e,))
-        finally:
-            s.settimeout(self._t)
+        if self._secure():
+            try:
+                d = s.read(1)  # non-blocking: None when no record is complete
+            except (OSError, ValueError) as e:
+                raise MqttError("tls read: %r" % (e,))
+        else:
+            try:
+                s.settimeout(0)
+                d = s.read(1)
+            except OSError as e:
+                if e.args and e.args[0] in _EAGAIN:
+                    d = None
+                else:
+                    raise MqttError("read: %r" % (e,))
+            finally:
+                s.settimeout(self._t)
         if d is None:
             return None
         if not d:
@@ -276,11 +338,21 @@ class Session:
             addr = socket.getaddrinfo(self._host, self._port)[0][-1]
         s = socket.socket()
         self.sock = s
+        self._raw = s
         try:
             s.settimeout(self._t)
             self._io().connect(addr)
+            limit = None
+            if self._tls is not None:
+                # The handshake runs inside the first write (below), step by step.
+                s.settimeout(0)
+                self.sock = self._tls.wrap_socket(
+                    s, server_hostname=self._host, do_handshake_on_connect=False
+                )
+                limit = HANDSHAKE_MS
             self._write(
-                connect_packet(self._id, self._id, self._pw, self._ka, self._will, _OFFLINE)
+                connect_packet(self._id, self._id, self._pw, self._ka, self._will, _OFFLINE),
+                limit,
             )
             if self._read(1)[0] != CONNACK:
                 raise MqttError("no CONNACK")
@@ -291,7 +363,7 @@ class Session:
                 raise MqttError("broker refused: code %d" % ack[1])
         except BaseException as e:
             self.close()
-            if isinstance(e, OSError) and not isinstance(e, MqttError):
+            if isinstance(e, (OSError, ValueError)) and not isinstance(e, MqttError):
                 raise MqttError("connect: %r" % (e,))
             raise
         self._sent = now
@@ -335,10 +407,14 @@ class Session:
     def close(self):
         # Just drop the socket: no DISCONNECT, so the broker publishes the last will
         # ("offline") until the next session says otherwise.
-        s = self.sock
-        self.sock = None
-        if s is not None:
-            try:
-                s.close()
-            except OSError:
-                pass
+        # Under TLS both: an SSL socket whose handshake failed has let go of its TCP socket.
+        s, raw = self.sock, self._raw
+        self.sock = self._raw = None
+        for x in (s, raw):
+            if x is not None:
+                try:
+                    x.close()
+                except OSError:
+                    pass
+                if raw is s:
+                    break

@@ -103,11 +103,15 @@ class DeviceConfig(_Strict):
     pump: Pump | None
     telemetry_interval_s: int
     sensors: Sensors | None = None
+    # The hub's CA certificate (PEM, from picofleet.core.tls): with it the board speaks TLS to
+    # the broker and refuses a hub whose certificate does not chain to it. Pico W only.
+    ca_pem: str | None = Field(default=None, pattern=r"-----BEGIN CERTIFICATE-----")
 
     def to_bytes(self) -> bytes:
         data = self.model_dump(mode="json")
-        if data.get("sensors") is None:
-            data.pop("sensors", None)
+        for optional in ("sensors", "ca_pem"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -173,7 +177,11 @@ def build_config(
     options: OptionsFile,
     flags: dict[str, Any],
     ota_key: tuple[str, str] | None,
+    ca_pem: str | None = None,
 ) -> DeviceConfig:
+    """``ca_pem``: the hub's CA certificate; a Pico W then gets it and reaches the broker over
+    TLS (the port is the operator's or the settings' ``mqtt_port``: the caller passes the TLS
+    one in ``settings`` when the hub speaks TLS)."""
     host = settings.public_host
     defaults: dict[str, Any] = {
         "channel": "stable",
@@ -223,6 +231,7 @@ def build_config(
             pump=merged.get("pump") if wired else None,
             telemetry_interval_s=merged["telemetry_interval_s"],
             sensors=merged.get("sensors") if not wired else None,
+            ca_pem=ca_pem if wired else None,
         )
     except ValidationError as exc:
         raise ConfigError(str(exc)) from None

@@ -75,6 +75,7 @@ class FlashPlan:
     options: OptionsFile = field(default_factory=OptionsFile)
     flags: dict[str, Any] = field(default_factory=dict)
     ota_key: tuple[str, str] | None = None
+    ca_pem: str | None = None  # the hub's CA (picofleet.core.tls.ca_pem): Pico Ws get TLS
     hold_dir: Path | None = None
     busy_wait_s: float = 0.0  # how long a busy port may take to be released by a gateway
 
@@ -183,6 +184,7 @@ async def flash_board(
                 options=plan.options,
                 flags=plan.flags,
                 ota_key=plan.ota_key,
+                ca_pem=plan.ca_pem,
             )
             files = [*bundle.files, bundle.version_file(), BoardFile(CONFIG_FILE, cfg.to_bytes())]
             changed = [f for f in files if info.files.get(f.name) != f.sha256]

@@ -34,6 +34,7 @@ MICROPYTHON = {
     "random",
     "rp2",
     "socket",
+    "ssl",  # Pico W builds: micropython-lib ssl.py (frozen) over the mbedTLS tls module
     "struct",
     "sys",
     "time",

@@ -172,6 +172,32 @@ def test_pico_usb_config_carries_no_credentials(hub_settings: Settings) -> None:
     assert data["sensors"] == {"dht": "dht11", "dht_pin": 15, "moisture_adc_pin": 26}
 
 
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBSjCB8qAD\n-----END CERTIFICATE-----\n"
+
+
+def test_the_hub_ca_goes_to_pico_w_boards_only(hub_settings: Settings) -> None:
+    def built(app: str, ca_pem: str | None) -> dict[str, object]:
+        cfg = build_config(
+            key=KEY,
+            app=app,
+            settings=hub_settings,
+            keys=FleetKeys(b"k" * 32),
+            existing=None,
+            options=OptionsFile.model_validate({"wifi": {"ssid": "net"}}),
+            flags={},
+            ota_key=None,
+            ca_pem=ca_pem,
+        )
+        data: dict[str, object] = json.loads(cfg.to_bytes())
+        return data
+
+    assert built("pico_w", CA_PEM)["ca_pem"] == CA_PEM  # the board then speaks TLS
+    assert "ca_pem" not in built("pico_w", None)  # a hub without TLS: plain, as before
+    assert "ca_pem" not in built("pico_usb", CA_PEM)  # the gateway publishes for it
+    with pytest.raises(ConfigError, match="ca_pem"):
+        built("pico_w", "not a certificate")
+
+
 def test_options_file_refuses_unknown_fields(tmp_path: Path) -> None:
     path = tmp_path / "boards.json"
     path.write_text(json.dumps({"wifi": {"ssid": "x", "pasword": "typo"}}))

@@ -70,8 +70,10 @@ def device_config(
     pump: dict[str, Any] | None = None,
     channel: str = "stable",
     ota_key: tuple[str, str] | None = None,
+    ca_pem: str | None = None,
 ) -> bytes:
-    """config.json as ``picofleet usb flash`` writes it (picofleet.usb DeviceConfig)."""
+    """config.json as ``picofleet usb flash`` writes it (picofleet.usb DeviceConfig);
+    ``ca_pem``: the hub's CA, so the board reaches ``broker`` over TLS."""
     from picofleet.core.devconfig import Calibration, DeviceConfig, Pump
 
     cfg = DeviceConfig(
@@ -89,6 +91,7 @@ def device_config(
         calibration=Calibration(),
         pump=Pump(**(pump or {})),
         telemetry_interval_s=telemetry_interval_s,
+        ca_pem=ca_pem,
     )
     return cfg.to_bytes()
 

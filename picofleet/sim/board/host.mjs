@@ -11,6 +11,8 @@
 // Both are documented in README.md beside this file.
 import { Worker, MessageChannel } from "node:worker_threads";
 import * as net from "node:net";
+import * as tls from "node:tls";
+import { X509Certificate } from "node:crypto";
 import * as dns from "node:dns";
 import * as path from "node:path";
 import * as readline from "node:readline";
@@ -103,6 +105,47 @@ function setAp(up) {
 // -- sockets ---------------------------------------------------------------------------
 let nextId = 1;
 const ERRNO = { ECONNRESET: 104, ECONNREFUSED: 104, EPIPE: 104, ETIMEDOUT: 110, EHOSTUNREACH: 113 };
+// What the chip's mbedTLS (MicroPython's rp2 config) speaks: TLS 1.2 only; ECDHE-ECDSA or
+// static-RSA key exchange (no ECDHE-RSA), AES-CBC (no GCM, no ChaCha20). A hub that offers
+// none of these fails here as it would on a Pico W.
+const CHIP_CIPHERS = [
+  "ECDHE-ECDSA-AES128-SHA256",
+  "ECDHE-ECDSA-AES256-SHA384",
+  "ECDHE-ECDSA-AES128-SHA",
+  "ECDHE-ECDSA-AES256-SHA",
+  "AES128-SHA256",
+  "AES256-SHA256",
+  "AES128-SHA",
+  "AES256-SHA",
+].join(":");
+// Node's verification errors as mbedTLS words them (x509_crt_verify_info): the firmware sees
+// them as the ValueError text rp2 raises.
+const BADCERT = {
+  CERT_HAS_EXPIRED: "The certificate validity has expired",
+  CERT_NOT_YET_VALID: "The certificate validity starts in the future",
+  ERR_TLS_CERT_ALTNAME_INVALID: "The certificate Common Name (CN) does not match with the expected CN",
+};
+const NOT_TRUSTED = "The certificate is not correctly signed by the trusted CA";
+
+// The server's certificate against the trusted CAs (it must be signed by one of them: the
+// hub's CA signs it directly), its dates by the board's clock and the name the board asked
+// for; null when good.
+function earlyCheck(peer, cas, host, now) {
+  if (!peer) return NOT_TRUSTED;
+  const signed = cas.some((pem) => {
+    const ca = new X509Certificate(pem);
+    return peer.checkIssued(ca) && peer.verify(ca.publicKey);
+  });
+  if (!signed) return NOT_TRUSTED;
+  if (now < Date.parse(peer.validFrom)) return BADCERT.CERT_NOT_YET_VALID;
+  if (now > Date.parse(peer.validTo)) return BADCERT.CERT_HAS_EXPIRED;
+  return nameCheck(peer, host);
+}
+
+function nameCheck(peer, host) {
+  const named = net.isIP(host) ? peer.checkIP(host) : peer.checkHost(host);
+  return named ? null : BADCERT.ERR_TLS_CERT_ALTNAME_INVALID;
+}
 
 class Sock {
   constructor() {
@@ -113,6 +156,8 @@ class Sock {
     this.held = [];
     this.heldLen = 0;
     this.net = null;
+    this.raw = null;
+    this.tls = null;
     this.closing = false;
     this.waiter = null;
   }
@@ -128,6 +173,7 @@ class Sock {
 
   ready(what) {
     if (what === "conn") return this.state !== 1;
+    if (what === "hs") return !this.tls || this.tls.state !== 0 || this.state < 0;
     if (what === "rx") return this.state !== 2 || this.rxLen > 0;
     return this.state < 0 || (this.state >= 2 && this.room() >= 16);
   }
@@ -140,11 +186,84 @@ class Sock {
     this.state = 1;
     const s = net.connect({ host, port });
     this.net = s;
+    this.raw = s;
     s.setNoDelay(true);
     s.on("connect", () => {
       this.state = 2;
       this.poke();
     });
+    this.listen(s);
+    if (!linkUp()) s.pause();
+  }
+
+  // TLS client on the connected socket (MicroPython's wrap_socket on rp2): from here on
+  // this.net is the TLS socket and rx holds plaintext. tls: {state: 0 handshaking, 1 done,
+  // -1 failed; why: mbedTLS's text for a refused certificate, errno: else}.
+  startTls(cas, host, rtcMs) {
+    const verify = rtcMs > 0;
+    const raw = this.raw;
+    raw.removeAllListeners("data");
+    raw.removeAllListeners("end");
+    raw.removeAllListeners("close");
+    raw.removeAllListeners("error");
+    raw.on("error", () => {});
+    this.tls = { state: 0, why: null, errno: 0, notBefore: 0, notAfter: 0, cipher: null, peer: null };
+    const opts = {
+      socket: raw,
+      ca: cas.map((h) => new X509Certificate(Buffer.from(h, "hex")).toString()),
+      host,
+      rejectUnauthorized: verify,
+      minVersion: "TLSv1.2",
+      maxVersion: "TLSv1.2",
+      ciphers: CHIP_CIPHERS,
+    };
+    if (!net.isIP(host)) opts.servername = host; // rp2 sends SNI for names
+    // mbedTLS checks the server's certificate as it arrives and aborts before its key
+    // exchange; Node checks only once its handshake is over. The status-request callback
+    // runs at mbedTLS's point (the server's first flight is in, nothing sent back yet), so
+    // the check is made there too, and a refused server never sees a finished handshake.
+    if (verify) opts.requestOCSP = true;
+    // (the name again at the end; once the certificate was taken in the status callback,
+    // Node hands checkServerIdentity an empty certificate object, hence this.tls.peer)
+    opts.checkServerIdentity = (_name, cert) => {
+      const peer = cert && cert.raw ? new X509Certificate(cert.raw) : this.tls.peer;
+      const why = peer ? nameCheck(peer, host) : NOT_TRUSTED;
+      return why ? Object.assign(new Error(why), { code: "ERR_TLS_CERT_ALTNAME_INVALID" }) : undefined;
+    };
+    const t = tls.connect(opts);
+    this.net = t;
+    t.on("OCSPResponse", () => {
+      this.tls.peer = t.getPeerX509Certificate();
+      const why = earlyCheck(this.tls.peer, opts.ca, host, rtcMs);
+      if (why && this.tls.state === 0) {
+        this.tls.state = -1;
+        this.tls.why = why;
+        t.destroy();
+        raw.destroy();
+        this.poke();
+      }
+    });
+    t.on("secureConnect", () => {
+      const c = this.tls.peer || t.getPeerX509Certificate();
+      this.tls.notBefore = c ? Date.parse(c.validFrom) / 1000 : Infinity;
+      this.tls.notAfter = c ? Date.parse(c.validTo) / 1000 : -Infinity;
+      const ci = t.getCipher();
+      this.tls.cipher = [ci.standardName || ci.name, ci.version];
+      this.tls.state = 1;
+      this.poke();
+    });
+    t.on("error", (e) => {
+      if (this.tls.state === 0) {
+        this.tls.state = -1;
+        if (BADCERT[e.code]) this.tls.why = BADCERT[e.code];
+        else if (e.code && /CERT|SIGNATURE|ISSUER|CHAIN/.test(e.code)) this.tls.why = NOT_TRUSTED;
+        else this.tls.errno = ERRNO[e.code] || 0;
+      }
+    });
+    this.listen(t);
+  }
+
+  listen(s) {
     s.on("data", (b) => {
       this.rx.push(b);
       this.rxLen += b.length;
@@ -165,9 +284,9 @@ class Sock {
     });
     s.on("close", () => {
       if (this.state === 1 || this.state === 2) this.state = -104;
+      if (this.tls && this.tls.state === 0) this.tls.state = -1;
       this.poke();
     });
-    if (!linkUp()) s.pause();
   }
 
   gate(up) {
@@ -363,6 +482,31 @@ async function handle(m) {
         });
       }
       return s.snapshot();
+    }
+    case "stls": {
+      // a: socket, b: CA certificates (hex DER, comma-separated), c: server name, d: the
+      // board's RTC (Unix s) to check the certificate's dates against, 0: no verification
+      const s = socks.get(a);
+      if (!s || !s.raw || s.state !== 2) return 107;
+      s.startTls(b ? b.split(",") : [], c, d ? d * 1000 : 0);
+      return 0;
+    }
+    case "stlsinfo": {
+      // [state, why, errno, bytes read off the wire, notBefore, notAfter, cipher, version]
+      const s = socks.get(a);
+      if (!s || !s.tls) return [-1, null, 9, 0, 0, 0, null, null];
+      const t = s.tls;
+      const ci = t.cipher || [null, null];
+      return [t.state, t.why, t.errno, s.raw.bytesRead, t.notBefore, t.notAfter, ci[0], ci[1]];
+    }
+    case "tlsca": {
+      // mbedtls_x509_crt_parse: 0 when the certificate (hex, DER or PEM) parses
+      try {
+        new X509Certificate(Buffer.from(a, "hex"));
+        return 0;
+      } catch {
+        return -1;
+      }
     }
     case "srecv": {
       const s = socks.get(a);

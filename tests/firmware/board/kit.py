@@ -32,20 +32,25 @@ def provision(
     extra: dict[str, bytes] | None = None,
     host: str = "127.0.0.1",
     hub_http: str | None = None,
+    port: int | None = None,
+    ca_pem: str | None = None,
 ) -> Path:
     """A flash directory as `picofleet usb flash` leaves it, for a board of this hub.
 
     $PICOFLEET_BOARD_LIB: a directory copied into the board's /lib (e.g. an older umqtt to
-    run an older firmware, with PICOFLEET_BOARD_FIRMWARE, and see a test fail on it)."""
+    run an older firmware, with PICOFLEET_BOARD_FIRMWARE, and see a test fail on it).
+    port: the broker's port when not the hub's own (a proxy in front); ca_pem: the CA the
+    board trusts, so it speaks TLS to the broker."""
     cfg = device_config(
         key,
         hub.keys,
-        broker=(host, hub.mqtt_port),
+        broker=(host, port or hub.mqtt_port),
         hub_http=hub_http or hub.http,
         prefix=hub.settings.topic_prefix,
         wifi=WIFI,
         telemetry_interval_s=telemetry_interval_s,
         pump=pump,
+        ca_pem=ca_pem,
     )
     flash(root, cfg, source=source, extra=extra)
     lib = os.environ.get("PICOFLEET_BOARD_LIB")

@@ -146,3 +146,45 @@ def test_device_type_of_a_pico_2_w():
     assert config.board_type("Raspberry Pi Pico W with RP2040") == "pico_w"
     del doc["device_type"]
     assert config.validate(doc)["device_type"] == "pico_w"  # this interpreter is no RP2350
+
+
+CA_PEM = """-----BEGIN CERTIFICATE-----
+MIIBSjCB8qADAgECAhQz3obZVBPOCWkDHTOz6YeSuXYfzzAKBggqhkjOPQQDAjAS
+MRAwDgYDVQQDDAdjYXNlIENBMB4XDTI2MTIwNTAzMjg1MFoXDTI3MTIwNjAzMjg1
+MFowEjEQMA4GA1UEAwwHY2FzZSBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IA
+BDSwheJ/+iTd/uHtqZKwpE7Y3MB9Y/eML8PlTZLiH0esGTBdzCvVw4v222T8Xfnc
+ONETfkOvE8VlyazsK6EHiAWjJjAkMBIGA1UdEwEB/wQIMAYBAf8CAQAwDgYDVR0P
+AQH/BAQDAgGGMAoGCCqGSM49BAMCA0cAMEQCIAeDeOsYxZ6MDmlJVltHtpW2+eCY
+0nDo6PW8pt1Zh0sCAiA5bDYjVpxdIu/Hs/pAX1rDvKbLGZ0o/hUAoykh2BiC1A==
+-----END CERTIFICATE-----
+"""
+
+
+def test_ca_pem_is_optional_and_becomes_der():
+    cfg = config.validate(_copy(GOOD))
+    assert cfg["ca_pem"] is None and config.ca_der(cfg) is None  # plain MQTT
+    doc = _copy(GOOD)
+    doc["ca_pem"] = CA_PEM
+    cfg = config.validate(doc)
+    der = config.ca_der(cfg)
+    assert len(der) == 1 and len(der[0]) == 334 and der[0][0] == 0x30
+    doc["ca_pem"] = CA_PEM + CA_PEM.replace("\n", "\r\n")  # two, CRLF too: both kept
+    assert [len(d) for d in config.ca_der(config.validate(doc))] == [334, 334]
+
+
+def test_a_bad_ca_pem_is_named():
+    doc = _copy(GOOD)
+    for bad in ("", 42, "MIIBSjCB8qADAgECAhQz3obZ"):
+        doc["ca_pem"] = bad
+        assert "ca_pem" in _error(doc), bad
+    for bad in (
+        "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+        "-----BEGIN CERTIFICATE-----\nMIIBSjCB8qADAgECAhQz\n",  # cut off
+    ):
+        doc["ca_pem"] = bad
+        cfg = config.validate(doc)
+        try:
+            config.ca_der(cfg)
+            raise AssertionError("accepted: " + bad)
+        except config.ConfigError as e:
+            assert "ca_pem" in str(e)
