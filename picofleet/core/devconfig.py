@@ -180,8 +180,8 @@ def build_config(
     ca_pem: str | None = None,
 ) -> DeviceConfig:
     """``ca_pem``: the hub's CA certificate; a Pico W then gets it and reaches the broker over
-    TLS (the port is the operator's or the settings' ``mqtt_port``: the caller passes the TLS
-    one in ``settings`` when the hub speaks TLS)."""
+    TLS, on ``mqtts_port`` unless the operator names a port (a board flashed before, with the
+    plain port in its config, moves to the TLS one)."""
     host = settings.public_host
     defaults: dict[str, Any] = {
         "channel": "stable",
@@ -191,12 +191,18 @@ def build_config(
     if app == "pico_w":
         defaults["pump"] = Pump().model_dump()
         if host:
-            defaults["broker"] = {"host": host, "port": settings.mqtt_port}
+            port = settings.mqtts_port if ca_pem else settings.mqtt_port
+            defaults["broker"] = {"host": host, "port": port}
             defaults["hub_http"] = f"http://{host}:{settings.http_port}"
     else:
         defaults["sensors"] = Sensors().model_dump()
+    on_board = _from_board(existing)
+    broker_was = on_board.get("broker")
+    if ca_pem and isinstance(broker_was, dict) and broker_was.get("port") == settings.mqtt_port:
+        # Flashed before TLS: the plain port now listens on the hub's loopback only.
+        on_board["broker"] = {**broker_was, "port": settings.mqtts_port}
     layers = [
-        _from_board(existing),
+        on_board,
         options.model_dump(exclude_unset=True, exclude={"devices"}),
         options.devices[key].model_dump(exclude_unset=True) if key in options.devices else {},
         flags,

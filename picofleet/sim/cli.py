@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         if shard is None:
             _reach_broker(host, port, keys, ca)
         if firmware:
-            _boards(settings, keys, devices, host, port, duration)
+            _boards(settings, keys, devices, duration)
             return
         if processes > 1 and shard is None:
             _fan_out(processes, devices, rate)
@@ -139,14 +139,16 @@ def register(app: typer.Typer) -> None:
             for k2, v in summary.items():
                 typer.echo(f"{k2}: {v}")
 
-    def _boards(
-        settings: Settings, keys: FleetKeys, n: int, host: str, port: int, duration: float
-    ) -> None:
-        # real MicroPython boards (picofleet.sim.board), flashed as `usb flash` would
+    def _boards(settings: Settings, keys: FleetKeys, n: int, duration: float) -> None:
+        # real MicroPython boards (picofleet.sim.board), flashed as `usb flash` would: with
+        # the hub's CA and its TLS port when the hub speaks TLS
         from picofleet.core.devconfig import ota_public_key
+        from picofleet.core.endpoints import local_host
+        from picofleet.core.tls import ca_pem
         from picofleet.sim.board import available
         from picofleet.sim.board.fleet import run_board_fleet
 
+        host = local_host(settings.mqtt_bind)
         if not available():
             raise CommandError(
                 "--firmware needs node and npm @micropython/micropython-webassembly-pyscript"
@@ -156,8 +158,9 @@ def register(app: typer.Typer) -> None:
             run_board_fleet(
                 n=n,
                 mqtt_host=host,
-                mqtt_port=port,
+                mqtt_port=settings.mqtts_port if settings.tls else settings.mqtt_port,
                 http_base=f"http://{host}:{settings.http_port}",
+                ca_pem=ca_pem(settings) if settings.tls else None,
                 keys=keys,
                 prefix=settings.topic_prefix,
                 duration=duration,

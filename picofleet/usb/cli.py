@@ -249,6 +249,7 @@ async def _flash(
     from picofleet.core.credentials import load_fleet_keys
     from picofleet.core.devconfig import ota_public_key
     from picofleet.core.runtime import command_pool
+    from picofleet.core.tls import ca_pem
     from picofleet.usb._bundle import load_app, load_release
     from picofleet.usb._flash import FlashPlan, flash_all
     from picofleet.usb._hold import hold_dir
@@ -275,6 +276,8 @@ async def _flash(
             ota_key=ota_public_key(settings.data_path),
             hold_dir=hold_dir(settings),
             busy_wait_s=2 * usb.usb_scan_interval_s + 1,
+            # Pico Ws get the hub's CA and its TLS port when the hub speaks TLS.
+            ca_pem=ca_pem(settings) if settings.tls else None,
         )
         if sys.stdout.isatty():
             with BarReporter() as bars:

@@ -198,6 +198,32 @@ def test_the_hub_ca_goes_to_pico_w_boards_only(hub_settings: Settings) -> None:
         built("pico_w", "not a certificate")
 
 
+def test_a_board_given_the_ca_reaches_the_tls_port(hub_settings: Settings) -> None:
+    """The plain port listens on the hub's loopback only once it speaks TLS: a Pico W given
+    the CA gets the TLS port, and one flashed before (plain port in its config) moves to it;
+    a port the operator names stays."""
+    s = hub_settings.model_copy(update={"public_host": "hub.lan"})
+
+    def port(existing: dict[str, object] | None, flags: dict[str, object]) -> object:
+        cfg = build_config(
+            key=KEY,
+            app="pico_w",
+            settings=s,
+            keys=FleetKeys(b"k" * 32),
+            existing=existing,
+            options=OptionsFile.model_validate({"wifi": {"ssid": "net"}}),
+            flags=flags,
+            ota_key=None,
+            ca_pem=CA_PEM,
+        )
+        return json.loads(cfg.to_bytes())["broker"]["port"]
+
+    before = {"broker": {"host": "hub.lan", "port": s.mqtt_port}}
+    assert port(None, {}) == s.mqtts_port != s.mqtt_port
+    assert port(before, {}) == s.mqtts_port
+    assert port(before, {"broker": {"host": "hub.lan", "port": 18883}}) == 18883
+
+
 def test_options_file_refuses_unknown_fields(tmp_path: Path) -> None:
     path = tmp_path / "boards.json"
     path.write_text(json.dumps({"wifi": {"ssid": "x", "pasword": "typo"}}))

@@ -37,6 +37,7 @@ async def run_board_fleet(
     telemetry_interval_s: int = 5,
     channel: str = "stable",
     stop: asyncio.Event | None = None,
+    ca_pem: str | None = None,
 ) -> list[BoardReport]:
     """Flash and power N boards (keys ``{key_prefix}-{i:03d}``), run them until ``duration``
     seconds pass or ``stop`` is set (forever when both are None), power them off and report.
@@ -56,6 +57,7 @@ async def run_board_fleet(
                 telemetry_interval_s=telemetry_interval_s,
                 channel=channel,
                 ota_key=ota_key,
+                ca_pem=ca_pem,
             )
             flash(base / key, cfg)
             uid = hashlib.sha256(key.encode()).hexdigest()[:16]
