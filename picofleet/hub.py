@@ -264,6 +264,56 @@ async def start_areas(
             supervisor.start(name, _reattaching(module, i, coro, hub, stop))
 
 
+def _access_sync(
+    broker: BrokerSide, pool: asyncpg.Pool, stop: asyncio.Event
+) -> Callable[[], Awaitable[None]]:
+    """The broker's view of the device table, kept current (picofleet/broker/access.py)."""
+    assert broker.policy is not None
+    return partial(
+        access.sync_device_access,
+        pool,
+        broker.policy,
+        stop,
+        broker.on_change,
+        access.POLICY_SYNC_S,
+        users_state=broker.users_state,
+        on_blocked=None if broker.tap is None else broker.tap.disconnect,
+    )
+
+
+async def start_bridge(
+    stack: contextlib.AsyncExitStack, hub: HubContext, broker: BrokerSide, stop: asyncio.Event
+) -> None:
+    """The bridge on the tap (embedded amqtt) or on the hub's own session, then the areas'
+    loops, which may use its session."""
+    settings, supervisor = hub.settings, hub.supervisor
+    assert supervisor is not None
+    source: Source
+    if broker.tap is not None:
+        source = broker.tap
+    else:
+        target = MqttTarget(broker.mqtt_host, broker.session_port, broker.session_ca)
+        source = await stack.enter_async_context(hub_session(settings, hub.keys, target))
+    hub_status = Topics(settings.topic_prefix).hub_status
+    source.publish(hub_status, b'{"state":"online"}', qos=1, retain=True)
+    hub.bridge = Bridge(ingest=hub.ingest, session=source)
+    supervisor.start("bridge", hub.bridge.run)
+    await start_areas(hub, areas.modules("service"), stop, supervisor)
+
+
+def _endpoints(url: str, broker: BrokerSide, http_port: int | None) -> Endpoints:
+    op = broker.operator
+    return Endpoints(
+        url,
+        broker.mqtt_host,
+        broker.mqtt_port,
+        http_port,
+        operator_port=op.port if op else broker.session_port,
+        ca=op.ca if op else None,
+        tls_ca=broker.tls_ca,
+    )
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -303,30 +353,9 @@ async def run_hub(
             areas={type(a): a for a in area_settings},
         )
         if broker.policy is not None:
-            supervisor.start(
-                "policy",
-                partial(
-                    access.sync_device_access,
-                    pool,
-                    broker.policy,
-                    stop,
-                    broker.on_change,
-                    access.POLICY_SYNC_S,
-                    users_state=broker.users_state,
-                    on_blocked=None if broker.tap is None else broker.tap.disconnect,
-                ),
-            )
+            supervisor.start("policy", _access_sync(broker, pool, stop))
         if "bridge" in roles:
-            source: Source
-            if broker.tap is not None:
-                source = broker.tap
-            else:
-                target = MqttTarget(broker.mqtt_host, broker.session_port, broker.session_ca)
-                source = await stack.enter_async_context(hub_session(settings, keys, target))
-            source.publish(topics.hub_status, b'{"state":"online"}', qos=1, retain=True)
-            hub.bridge = Bridge(ingest=ingest, session=source)
-            supervisor.start("bridge", hub.bridge.run)
-            await start_areas(hub, areas.modules("service"), stop, supervisor)
+            await start_bridge(stack, hub, broker, stop)
         http_port = settings.http_port if "http" in roles else None
         if http_port:
             app = build_app(hub)
@@ -335,18 +364,9 @@ async def run_hub(
             app = metrics_app(hub, metric_sources())
             port = settings.metrics_port
             supervisor.start("metrics", partial(serve_http, app, settings, port, stop))
-        op = broker.operator
-        ep = Endpoints(
-            url,
-            broker.mqtt_host,
-            broker.mqtt_port,
-            http_port,
-            operator_port=op.port if op else broker.session_port,
-            ca=op.ca if op else None,
-            tls_ca=broker.tls_ca,
-        )
         if embedded_broker:
             endpoints.record(settings, database_url=url, http=bool(http_port))
+            ep = _endpoints(url, broker, http_port)
             print(banner(settings, keys, ep), file=sys.stderr, flush=True)  # noqa: T201
         log.info("hub.ready", roles=sorted(roles), mqtt_port=broker.mqtt_port, http_port=http_port)
         if ready is not None:
