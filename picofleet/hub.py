@@ -27,7 +27,7 @@ from picofleet.bridge.service import Bridge, Ingest
 from picofleet.broker import access, mosquitto
 from picofleet.broker.policy import Policy, hub_client_ids
 from picofleet.broker.tap import Tap
-from picofleet.core import db, endpoints, logs
+from picofleet.core import db, endpoints, logs, partitions
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys, load_fleet_keys
 from picofleet.core.runtime import hub_database, install_signals
 from picofleet.core.settings import Settings, mqtt_endpoint
@@ -270,6 +270,16 @@ async def run_hub(
             source.publish(topics.hub_status, b'{"state":"online"}', qos=1, retain=True)
             hub.bridge = Bridge(ingest=ingest, session=source)
             supervisor.start("bridge", hub.bridge.run)
+            supervisor.start(
+                "partitions",
+                partial(
+                    partitions.run,
+                    pool,
+                    stop,
+                    settings.ledger_partition_ahead_days,
+                    settings.ledger_partition_interval_s,
+                ),
+            )
             await start_areas(hub, areas.modules("service"), stop, supervisor)
         http_port = settings.http_port if "http" in roles else None
         if http_port:

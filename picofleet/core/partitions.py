@@ -1,0 +1,50 @@
+"""The ledger's day partitions (sql/0070): created ahead by the hub, dropped whole by retention.
+
+The work is done by owner functions in the database (the runtime role owns no table); here
+they are called one table per transaction, under one advisory lock, so two hubs never create
+the same partition and retention never deadlocks with the write path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import asyncpg
+
+from picofleet.core import db, logs
+
+RAW, FACTS, ERRORS = "raw_record", "processed_record", "ingest_error"
+Q_ENSURE = "SELECT picofleet_ensure_ledger_partitions($1)"
+Q_DROP = "SELECT picofleet_drop_partitions($1::regclass, $2, $3)"
+
+
+async def ensure(pool: asyncpg.Pool, ahead_days: int) -> int:
+    """Partitions from yesterday to ``ahead_days`` ahead, and for every day waiting in a
+    default partition; returns how many were created."""
+    async with pool.acquire() as conn, conn.transaction():
+        await db.xact_lock(conn, db.Lock.PARTITIONS)
+        return int(await conn.fetchval(Q_ENSURE, ahead_days))
+
+
+async def drop_before(
+    pool: asyncpg.Pool, table: str, cutoff: datetime, *, max_id: int | None = None
+) -> int:
+    """Detach and drop ``table``'s partitions of days that end by ``cutoff``; with ``max_id``,
+    a partition holding a greater id stays. Returns the rows dropped."""
+    async with pool.acquire() as conn, conn.transaction():
+        await db.xact_lock(conn, db.Lock.PARTITIONS)
+        return int(await conn.fetchval(Q_DROP, table, cutoff, max_id))
+
+
+async def run(pool: asyncpg.Pool, stop: asyncio.Event, ahead_days: int, interval_s: float) -> None:
+    """The hub's loop: ensure now, then every ``interval_s`` until ``stop``."""
+    log = logs.get("picofleet.core.partitions")
+    while not stop.is_set():
+        made = await ensure(pool, ahead_days)
+        if made:
+            log.info("partitions.created", count=made)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass
