@@ -1,0 +1,129 @@
+"""The partitioned ledger at work: the hub's partitions, ingest across midnight, retention by
+dropping whole day partitions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from picofleet.analytics import AnalyticsSettings, prune, refresh
+from picofleet.bridge.decode import Message
+from picofleet.bridge.ledger import outcome
+from picofleet.core import partitions
+from picofleet.core.credentials import FleetKeys
+from picofleet.core.topics import Kind
+from tests.ledger.conftest import make_feed
+
+D = datetime(2026, 10, 1, tzinfo=UTC)  # long before the hub's own partitions
+KEY = "AI-00077"
+
+
+async def names(pool: asyncpg.Pool, table: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = $1::regclass ORDER BY 1",
+        table,
+    )
+    return [r[0] for r in rows]
+
+
+async def per_partition(pool: asyncpg.Pool, table: str) -> dict[str, int]:
+    rows = await pool.fetch(
+        f"SELECT tableoid::regclass::text AS p, count(*) AS n FROM {table} GROUP BY 1"
+    )
+    return {r["p"]: r["n"] for r in rows}
+
+
+async def test_retention_drops_whole_day_partitions(pool: asyncpg.Pool, keys: FleetKeys) -> None:
+    feed = await make_feed(pool, keys)
+    for day in range(4):
+        for h in (0, 6, 12, 18):
+            at = D + timedelta(days=day, hours=h)
+            await feed.readings(KEY, at, {"battery_charge": 40.0 + h, "soil_moisture_pct": 9.0})
+    bad = {"v": 1, "ts": D.timestamp(), "readings": [{"type": "battery_charge", "value": -5}]}
+    await feed.send(feed.topics.device(KEY, Kind.TELEMETRY), bad, received_at=D)
+    # No partition existed for those days: the rows wait in the default partitions, and the
+    # hub's upkeep gives each day its own.
+    assert await per_partition(pool, "processed_record") == {"processed_record_default": 32}
+    assert await partitions.ensure(pool, 7) == 8  # 4 days of facts, 4 of raw records
+    days = [f"{D + timedelta(days=i):%Y%m%d}" for i in range(4)]
+    assert await per_partition(pool, "processed_record") == {
+        f"processed_record_p{d}": 8 for d in days
+    }
+    assert await per_partition(pool, "raw_record") == {
+        **{f"raw_record_p{d}": 4 for d in days},
+        f"raw_record_p{days[0]}": 5,
+    }
+    errors = await pool.fetchval("SELECT count(*) FROM ingest_error")
+    assert errors == 1
+
+    settings = AnalyticsSettings(settle_s=0, retention_days=2)
+    await refresh(pool, settings, wait=True)
+    # A partition holding a fact the rollups have not seen stays.
+    assert (
+        await partitions.drop_before(pool, partitions.FACTS, D + timedelta(days=1), max_id=0) == 0
+    )
+    assert f"processed_record_p{days[0]}" in await names(pool, "processed_record")
+
+    res = await prune(pool, settings, now=D + timedelta(days=3, hours=20))
+    assert (res.cutoff, res.facts, res.raw, res.errors) == (D + timedelta(days=1), 8, 5, 0)
+    assert f"processed_record_p{days[0]}" not in await names(pool, "processed_record")
+    assert f"raw_record_p{days[0]}" not in await names(pool, "raw_record")
+    assert await pool.fetchval("SELECT count(*) FROM processed_record") == 24
+    assert await pool.fetchval("SELECT count(*) FROM raw_record") == 12
+    assert await pool.fetchval("SELECT min(record_time) FROM processed_record") == D + timedelta(
+        days=1
+    )
+    # Errors go by when they were written (today): kept.
+    assert await pool.fetchval("SELECT count(*) FROM ingest_error") == errors
+    # Rollups of the dropped day stay.
+    assert await pool.fetchval("SELECT count(*) FROM rollup_daily WHERE day = $1", D.date()) == 1
+
+    # The runtime role may run the upkeep and retention, never create a partition itself.
+    def can(fn: str) -> str:
+        return f"SELECT has_function_privilege('picofleet_runtime', '{fn}', 'EXECUTE')"
+
+    assert await pool.fetchval(can("picofleet_drop_partitions(regclass,timestamptz,bigint)"))
+    assert await pool.fetchval(can("picofleet_ensure_ledger_partitions(integer)"))
+    assert not await pool.fetchval(can("picofleet_ensure_partition(regclass,date)"))
+
+
+async def test_ingest_across_midnight(pool: asyncpg.Pool, keys: FleetKeys) -> None:
+    feed = await make_feed(pool, keys)
+    now = datetime.now(UTC)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(
+        days=1
+    )  # the hub's partitions
+    topic = feed.topics.device(KEY, Kind.TELEMETRY)
+
+    def envelope(seq: int, at: datetime, *more: datetime) -> bytes:
+        readings = [{"type": "battery_charge", "value": 50.0, "ts": at.timestamp()}]
+        readings += [{"type": "battery_charge", "value": 51.0, "ts": t.timestamp()} for t in more]
+        return json.dumps({"v": 1, "seq": seq, "ts": at.timestamp(), "readings": readings}).encode()
+
+    half = timedelta(milliseconds=500)
+    payloads = [
+        envelope(1, midnight - half),
+        envelope(2, midnight + half),
+        envelope(3, midnight - half, midnight + half),  # one envelope, two days
+    ]
+
+    def batch(received: datetime) -> list[Message]:
+        return [feed.decoder.decode(topic, p, received_at=received.timestamp()) for p in payloads]
+
+    first = batch(midnight)
+    await feed.ledger.write(first)  # one transaction writes to both days' partitions
+    assert [outcome(m) for m in first] == ["ok"] * 3
+    today, tomorrow = f"{midnight - half:%Y%m%d}", f"{midnight:%Y%m%d}"
+    assert await per_partition(pool, "processed_record") == {
+        f"processed_record_p{today}": 2,
+        f"processed_record_p{tomorrow}": 2,
+    }
+    # Redelivered (across the boundary of the raw records' partitions too): nothing twice.
+    again = batch(midnight + timedelta(hours=1))
+    await feed.ledger.write(again)
+    assert [outcome(m) for m in again] == ["duplicate"] * 3
+    assert await pool.fetchval("SELECT count(*) FROM processed_record") == 4
+    assert await per_partition(pool, "raw_record") == {f"raw_record_p{tomorrow}": 6}
