@@ -7,13 +7,16 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from picofleet.analytics import AnalyticsSettings, prune, refresh
 from picofleet.bridge.decode import Message
 from picofleet.bridge.ledger import outcome
-from picofleet.core import partitions
+from picofleet.core import db, partitions
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.topics import Kind
+from picofleet.ops.queries import delete_device
+from picofleet.security.roles import ensure_runtime_login
 from tests.ledger.conftest import make_feed
 
 D = datetime(2026, 10, 1, tzinfo=UTC)  # long before the hub's own partitions
@@ -127,3 +130,49 @@ async def test_ingest_across_midnight(pool: asyncpg.Pool, keys: FleetKeys) -> No
     assert [outcome(m) for m in again] == ["duplicate"] * 3
     assert await pool.fetchval("SELECT count(*) FROM processed_record") == 4
     assert await per_partition(pool, "raw_record") == {f"raw_record_p{tomorrow}": 6}
+
+
+async def test_the_runtime_role_keeps_partitions(db_url: str, keys: FleetKeys) -> None:
+    """The hub's pool owns no table: it creates and drops partitions through the owner's
+    functions, and may write to the partitions they create."""
+    url = await ensure_runtime_login(db_url, keys)
+    assert url is not None
+    runtime = await db.create_pool(url)
+    try:
+        assert await runtime.fetchval("SELECT current_user") == "picofleet_runtime"
+        assert await partitions.ensure(runtime, 9) == 6  # days 8 and 9 ahead, 3 tables
+        ahead = datetime.now(UTC) + timedelta(days=9)
+        await runtime.execute(
+            "INSERT INTO raw_record (received_at, source, topic, payload, payload_size)"
+            " VALUES ($1, 'mqtt', 't', '\\x7b7d', 2)",
+            ahead,
+        )
+        assert await per_partition(runtime, "raw_record") == {f"raw_record_p{ahead:%Y%m%d}": 1}
+        assert await partitions.drop_before(runtime, partitions.RAW, ahead + timedelta(days=1)) == 1
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await runtime.execute("SELECT picofleet_ensure_partition('raw_record', '2030-01-01')")
+        with pytest.raises(asyncpg.RaiseError, match="not a ledger table"):
+            await runtime.execute("SELECT picofleet_drop_partitions('device', now())")
+    finally:
+        await runtime.close()
+
+
+async def test_deleting_a_device_takes_its_errors(pool: asyncpg.Pool, keys: FleetKeys) -> None:
+    """raw_record can no longer cascade to ingest_error (no foreign key to a partitioned
+    table): deleting a device removes its errors itself."""
+    feed = await make_feed(pool, keys)
+    at = datetime.now(UTC)
+    body = {
+        "v": 1,
+        "ts": at.timestamp(),
+        "readings": [
+            {"type": "battery_charge", "value": 50.0},
+            {"type": "battery_charge", "value": 500.0},
+        ],
+    }
+    await feed.send(feed.topics.device(KEY, Kind.TELEMETRY), body, received_at=at)
+    assert await pool.fetchval("SELECT count(*) FROM ingest_error") == 1
+    async with pool.acquire() as conn:
+        gone = await delete_device(conn, KEY)
+    assert gone is not None and (gone["raw_records"], gone["facts"]) == (1, 1)
+    assert await pool.fetchval("SELECT count(*) FROM ingest_error") == 0
