@@ -14,13 +14,17 @@ from picofleet.bridge.decode import Message
 from picofleet.bridge.ledger import outcome
 from picofleet.core import db, partitions
 from picofleet.core.credentials import FleetKeys
+from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind
 from picofleet.ops.queries import delete_device
 from picofleet.security.roles import ensure_runtime_login
+from tests.conftest import running_hub
+from tests.helpers import wait_for
 from tests.ledger.conftest import make_feed
 
 D = datetime(2026, 10, 1, tzinfo=UTC)  # long before the hub's own partitions
 KEY = "AI-00077"
+LEDGER_TABLES = (partitions.RAW, partitions.FACTS, partitions.ERRORS)
 
 
 async def names(pool: asyncpg.Pool, table: str) -> list[str]:
@@ -176,3 +180,15 @@ async def test_deleting_a_device_takes_its_errors(pool: asyncpg.Pool, keys: Flee
         gone = await delete_device(conn, KEY)
     assert gone is not None and (gone["raw_records"], gone["facts"]) == (1, 1)
     assert await pool.fetchval("SELECT count(*) FROM ingest_error") == 0
+
+
+async def test_the_hub_keeps_partitions_ahead(settings: Settings, pool: asyncpg.Pool) -> None:
+    settings.ledger_partition_ahead_days = 9  # the template has 7
+    far = f"{datetime.now(UTC) + timedelta(days=9):%Y%m%d}"
+
+    async def made() -> bool:
+        return all([f"{t}_p{far}" in await names(pool, t) for t in LEDGER_TABLES])
+
+    assert not await made()
+    async with running_hub(settings):
+        assert await wait_for(made, timeout=30)
