@@ -17,6 +17,7 @@ from picofleet.core import db, logs
 RAW, FACTS, ERRORS = "raw_record", "processed_record", "ingest_error"
 Q_ENSURE = "SELECT picofleet_ensure_ledger_partitions($1)"
 Q_DROP = "SELECT picofleet_drop_partitions($1::regclass, $2, $3)"
+LOCK_TIMEOUT = "2s"
 
 
 async def ensure(pool: asyncpg.Pool, ahead_days: int) -> int:
@@ -31,10 +32,17 @@ async def drop_before(
     pool: asyncpg.Pool, table: str, cutoff: datetime, *, max_id: int | None = None
 ) -> int:
     """Detach and drop ``table``'s partitions of days that end by ``cutoff``; with ``max_id``,
-    a partition holding a greater id stays. Returns the rows dropped."""
-    async with pool.acquire() as conn, conn.transaction():
-        await db.xact_lock(conn, db.Lock.PARTITIONS)
-        return int(await conn.fetchval(Q_DROP, table, cutoff, max_id))
+    a partition holding a greater id stays. Returns the rows dropped (0 when a long reader
+    held the table past ``LOCK_TIMEOUT``: the next run drops them)."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await db.xact_lock(conn, db.Lock.PARTITIONS)
+            # Writers queue behind a waiting exclusive lock: never wait long for one.
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            return int(await conn.fetchval(Q_DROP, table, cutoff, max_id))
+    except asyncpg.LockNotAvailableError:
+        logs.get("picofleet.core.partitions").warning("partitions.drop_postponed", table=table)
+        return 0
 
 
 async def run(pool: asyncpg.Pool, stop: asyncio.Event, ahead_days: int, interval_s: float) -> None:

@@ -3,6 +3,7 @@ dropping whole day partitions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -192,3 +193,18 @@ async def test_the_hub_keeps_partitions_ahead(settings: Settings, pool: asyncpg.
     assert not await made()
     async with running_hub(settings):
         assert await wait_for(made, timeout=30)
+
+
+async def test_a_long_reader_postpones_the_drop(pool: asyncpg.Pool, keys: FleetKeys) -> None:
+    """Writers would queue behind a drop waiting for its exclusive lock: it gives up instead,
+    and the next run drops the day."""
+    feed = await make_feed(pool, keys)
+    await feed.readings(KEY, D, {"battery_charge": 40.0})
+    await partitions.ensure(pool, 7)
+    cutoff = D + timedelta(days=1)
+    async with pool.acquire() as reader, reader.transaction():
+        await reader.fetchval("SELECT count(*) FROM processed_record")
+        dropped = await asyncio.wait_for(partitions.drop_before(pool, partitions.FACTS, cutoff), 20)
+        assert dropped == 0
+        assert f"processed_record_p{D:%Y%m%d}" in await names(pool, "processed_record")
+    assert await partitions.drop_before(pool, partitions.FACTS, cutoff) == 1
