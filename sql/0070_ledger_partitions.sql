@@ -139,7 +139,10 @@ DECLARE
     stray boolean;
 BEGIN
     IF to_regclass(part) IS NOT NULL THEN
-        RETURN false;
+        IF (SELECT relispartition FROM pg_class WHERE oid = to_regclass(part)) THEN
+            RETURN false;
+        END IF;
+        EXECUTE format('DROP TABLE %I', part);  -- detached by retention, not yet dropped
     END IF;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE %I >= $1 AND %I < $2)',
                    dflt, key, key) INTO stray USING lo, hi;
@@ -186,10 +189,12 @@ BEGIN
 END
 $$;
 
--- Retention: detach and drop every day partition of ``parent`` that ends at or before
+-- Retention, first step: detach every day partition of ``parent`` that ends at or before
 -- ``cutoff`` (rows of such days in the default partition are first given their partition).
 -- With ``max_id``, a partition holding a row with a greater id (a fact the rollups have not
--- seen yet) is kept for a later run. Returns the rows dropped.
+-- seen yet) is kept for a later run. Returns the rows detached. The detached tables are
+-- dropped by picofleet_drop_detached in a transaction of its own: freeing a day's files takes
+-- a while, and writers must not wait for it behind this one's exclusive lock.
 CREATE FUNCTION picofleet_drop_partitions(parent regclass, cutoff timestamptz,
                                           max_id bigint DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
@@ -234,10 +239,29 @@ BEGIN
             CONTINUE WHEN late;
         END IF;
         EXECUTE format('ALTER TABLE %s DETACH PARTITION %I', parent, parts[i]);
-        EXECUTE format('DROP TABLE %I', parts[i]);
         dropped := dropped + counts[i];
     END LOOP;
     RETURN dropped;
+END
+$$;
+
+-- Retention, second step: drop ``parent``'s day tables that are no longer partitions.
+CREATE FUNCTION picofleet_drop_detached(parent regclass) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    t record;
+    n integer := 0;
+BEGIN
+    PERFORM picofleet_ledger_table(parent);
+    FOR t IN
+        SELECT c.relname FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+          AND NOT c.relispartition AND c.relname ~ ('^' || parent::text || '_p[0-9]{8}$')
+    LOOP
+        EXECUTE format('DROP TABLE %I', t.relname);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
 END
 $$;
 
@@ -245,6 +269,7 @@ REVOKE ALL ON FUNCTION picofleet_ledger_table(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION picofleet_ensure_partition(regclass, date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION picofleet_ensure_ledger_partitions(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION picofleet_drop_partitions(regclass, timestamptz, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION picofleet_drop_detached(regclass) FROM PUBLIC;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'picofleet_runtime') THEN
@@ -252,6 +277,7 @@ BEGIN
             TO picofleet_runtime;
         GRANT EXECUTE ON FUNCTION picofleet_drop_partitions(regclass, timestamptz, bigint)
             TO picofleet_runtime;
+        GRANT EXECUTE ON FUNCTION picofleet_drop_detached(regclass) TO picofleet_runtime;
     END IF;
 END
 $$;

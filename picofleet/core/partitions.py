@@ -16,7 +16,8 @@ from picofleet.core import db, logs
 
 RAW, FACTS, ERRORS = "raw_record", "processed_record", "ingest_error"
 Q_ENSURE = "SELECT picofleet_ensure_ledger_partitions($1)"
-Q_DROP = "SELECT picofleet_drop_partitions($1::regclass, $2, $3)"
+Q_DETACH = "SELECT picofleet_drop_partitions($1::regclass, $2, $3)"
+Q_DROP_DETACHED = "SELECT picofleet_drop_detached($1::regclass)"
 LOCK_TIMEOUT = "2s"
 
 
@@ -34,15 +35,20 @@ async def drop_before(
     """Detach and drop ``table``'s partitions of days that end by ``cutoff``; with ``max_id``,
     a partition holding a greater id stays. Returns the rows dropped (0 when a long reader
     held the table past ``LOCK_TIMEOUT``: the next run drops them)."""
+    rows = 0
     try:
         async with pool.acquire() as conn, conn.transaction():
             await db.xact_lock(conn, db.Lock.PARTITIONS)
             # Writers queue behind a waiting exclusive lock: never wait long for one.
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            return int(await conn.fetchval(Q_DROP, table, cutoff, max_id))
+            rows = int(await conn.fetchval(Q_DETACH, table, cutoff, max_id))
     except asyncpg.LockNotAvailableError:
         logs.get("picofleet.core.partitions").warning("partitions.drop_postponed", table=table)
-        return 0
+    # The detached days go in a transaction of their own: writers never wait for their files.
+    async with pool.acquire() as conn, conn.transaction():
+        await db.xact_lock(conn, db.Lock.PARTITIONS)
+        await conn.fetchval(Q_DROP_DETACHED, table)
+    return rows
 
 
 async def run(pool: asyncpg.Pool, stop: asyncio.Event, ahead_days: int, interval_s: float) -> None:

@@ -79,6 +79,8 @@ async def test_retention_drops_whole_day_partitions(pool: asyncpg.Pool, keys: Fl
     assert (res.cutoff, res.facts, res.raw, res.errors) == (D + timedelta(days=1), 8, 5, 0)
     assert f"processed_record_p{days[0]}" not in await names(pool, "processed_record")
     assert f"raw_record_p{days[0]}" not in await names(pool, "raw_record")
+    for table in LEDGER_TABLES:  # detached, then dropped
+        assert await pool.fetchval("SELECT to_regclass($1)", f"{table}_p{days[0]}") is None
     assert await pool.fetchval("SELECT count(*) FROM processed_record") == 24
     assert await pool.fetchval("SELECT count(*) FROM raw_record") == 12
     assert await pool.fetchval("SELECT min(record_time) FROM processed_record") == D + timedelta(
@@ -95,6 +97,7 @@ async def test_retention_drops_whole_day_partitions(pool: asyncpg.Pool, keys: Fl
 
     assert await pool.fetchval(can("picofleet_drop_partitions(regclass,timestamptz,bigint)"))
     assert await pool.fetchval(can("picofleet_ensure_ledger_partitions(integer)"))
+    assert await pool.fetchval(can("picofleet_drop_detached(regclass)"))
     assert not await pool.fetchval(can("picofleet_ensure_partition(regclass,date)"))
 
 
