@@ -23,10 +23,17 @@ LOCK_TIMEOUT = "2s"
 
 async def ensure(pool: asyncpg.Pool, ahead_days: int) -> int:
     """Partitions from yesterday to ``ahead_days`` ahead, and for every day waiting in a
-    default partition; returns how many were created."""
-    async with pool.acquire() as conn, conn.transaction():
-        await db.xact_lock(conn, db.Lock.PARTITIONS)
-        return int(await conn.fetchval(Q_ENSURE, ahead_days))
+    default partition; returns how many were created (0 when a long reader held a table
+    past ``LOCK_TIMEOUT``: days ahead leave the next run time enough)."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await db.xact_lock(conn, db.Lock.PARTITIONS)
+            # Creating a partition locks its table exclusively: see drop_before.
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            return int(await conn.fetchval(Q_ENSURE, ahead_days))
+    except asyncpg.LockNotAvailableError:
+        logs.get("picofleet.core.partitions").warning("partitions.ensure_postponed")
+        return 0
 
 
 async def drop_before(

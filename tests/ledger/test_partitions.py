@@ -210,4 +210,7 @@ async def test_a_long_reader_postpones_the_drop(pool: asyncpg.Pool, keys: FleetK
         dropped = await asyncio.wait_for(partitions.drop_before(pool, partitions.FACTS, cutoff), 20)
         assert dropped == 0
         assert f"processed_record_p{D:%Y%m%d}" in await names(pool, "processed_record")
+        # Creating a partition locks its table too: the upkeep waits for the next round.
+        assert await asyncio.wait_for(partitions.ensure(pool, 9), 20) == 0
+    assert await partitions.ensure(pool, 9) == 6
     assert await partitions.drop_before(pool, partitions.FACTS, cutoff) == 1
