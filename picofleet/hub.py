@@ -28,7 +28,7 @@ from picofleet.bridge.service import Bridge, Ingest
 from picofleet.broker import access, mosquitto
 from picofleet.broker.policy import Policy, hub_client_ids
 from picofleet.broker.tap import Tap
-from picofleet.core import db, endpoints, logs
+from picofleet.core import db, endpoints, logs, partitions
 from picofleet.core.credentials import OPERATOR_USER, FleetKeys, load_fleet_keys
 from picofleet.core.mqttclient import MqttTarget, hub_target
 from picofleet.core.runtime import hub_database, install_signals
@@ -298,6 +298,15 @@ async def start_bridge(
     source.publish(hub_status, b'{"state":"online"}', qos=1, retain=True)
     hub.bridge = Bridge(ingest=hub.ingest, session=source)
     supervisor.start("bridge", hub.bridge.run)
+    # The ledger's day partitions, created ahead (picofleet/core/partitions.py).
+    upkeep = partial(
+        partitions.run,
+        hub.pool,
+        stop,
+        settings.ledger_partition_ahead_days,
+        settings.ledger_partition_interval_s,
+    )
+    supervisor.start("partitions", upkeep)
     await start_areas(hub, areas.modules("service"), stop, supervisor)
 
 

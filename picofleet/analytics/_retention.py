@@ -1,13 +1,16 @@
-"""Retention: drop raw records and facts older than N whole UTC days, once rolled up.
+"""Retention: drop the ledger's day partitions older than N whole UTC days, once rolled up.
 
-A fact goes only when the watermark has passed it (its hour and day were recomputed after
-it arrived); a raw record goes only when none of its facts remain. First the horizon moves
-(under the ETL lock), so no rollup of an hour before it is ever recomputed from the partial
-facts that are left; then rows go in bounded batches.
+The ledger is partitioned by UTC day (sql/0080): facts by their device time, raw records by
+when they were received, errors by when they were written; whole partitions are detached and
+dropped, never DELETEd (no bloat, no vacuum). First the horizon moves (under the ETL lock), so
+no rollup of an hour before it is ever recomputed from the partial facts that are left; then
+each table's partitions before the horizon go, one table per transaction.
 
-The horizon never passes a day that still has facts beyond the watermark: so every fact that
-is before the horizon and beyond the watermark arrived after the freeze, is in no rollup
-yet, and the rollup job adds it to its row exactly once (see _rollup.Q_MERGE_PRUNED).
+The horizon never passes a day that still has facts beyond the watermark, and a facts
+partition that gained such a fact meanwhile is kept for a later run: so every fact that is
+before the horizon and beyond the watermark arrived after the freeze, is in no rollup yet, and
+the rollup job adds it to its row exactly once (see _rollup.Q_MERGE_PRUNED). Raw records and
+errors go by their own day: a fact whose device clock ran ahead may outlive its raw record.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from picofleet.core import db, logs
+from picofleet.core import db, logs, partitions
 
 from ._settings import AnalyticsSettings
 
@@ -31,21 +34,6 @@ SET pruned_before = greatest(coalesce(pruned_before, $1), $1), updated_at = now(
 WHERE name = 'rollup'
 RETURNING pruned_before
 """
-Q_PRUNE_FACTS = """
-WITH doomed AS (
-    SELECT id FROM processed_record WHERE record_time < $1 AND id <= $2 LIMIT $3
-)
-DELETE FROM processed_record p USING doomed WHERE p.id = doomed.id
-"""
-Q_PRUNE_RAW = """
-WITH doomed AS (
-    SELECT r.id FROM raw_record r
-    WHERE r.received_at < $1
-      AND NOT EXISTS (SELECT 1 FROM processed_record p WHERE p.raw_id = r.id)
-    LIMIT $2
-)
-DELETE FROM raw_record r USING doomed WHERE r.id = doomed.id
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +41,7 @@ class PruneResult:
     cutoff: datetime | None
     facts: int = 0
     raw: int = 0
+    errors: int = 0
 
 
 def day_start(t: datetime) -> datetime:
@@ -65,23 +54,12 @@ def cutoff_for(now: datetime, days: int) -> datetime:
     return day_start(now - timedelta(days=days))
 
 
-async def _drain(pool: asyncpg.Pool, query: str, *args: object) -> int:
-    total = 0
-    while True:
-        status = await pool.execute(query, *args)
-        n = int(status.split()[-1])
-        total += n
-        if n == 0:
-            return total
-
-
 async def prune(
     pool: asyncpg.Pool,
     settings: AnalyticsSettings,
     *,
     now: datetime | None = None,
     days: int | None = None,
-    batch: int = 50_000,
 ) -> PruneResult:
     """Apply retention (``days`` overrides the setting; neither set keeps everything)."""
     days = days or settings.retention_days
@@ -95,10 +73,11 @@ async def prune(
         if pending is not None:
             cutoff = day_start(pending)  # not rolled up yet: wait for the next time
         cutoff = await conn.fetchval(Q_MOVE_HORIZON, cutoff)
-    facts = await _drain(pool, Q_PRUNE_FACTS, cutoff, last_id, batch)
-    raw = await _drain(pool, Q_PRUNE_RAW, cutoff, batch)
-    if facts or raw:
+    facts = await partitions.drop_before(pool, partitions.FACTS, cutoff, max_id=last_id)
+    raw = await partitions.drop_before(pool, partitions.RAW, cutoff)
+    errors = await partitions.drop_before(pool, partitions.ERRORS, cutoff)
+    if facts or raw or errors:
         logs.get("analytics.retention").info(
-            "retention.pruned", cutoff=cutoff.isoformat(), facts=facts, raw=raw
+            "retention.pruned", cutoff=cutoff.isoformat(), facts=facts, raw=raw, errors=errors
         )
-    return PruneResult(cutoff, facts, raw)
+    return PruneResult(cutoff, facts, raw, errors)

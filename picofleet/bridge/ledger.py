@@ -93,18 +93,20 @@ SELECT raw_id, item_idx, device_id, record_type_id, to_timestamp(t), value, seq 
 ON CONFLICT DO NOTHING
 RETURNING id, raw_id, item_idx
 """
-# Facts a seq already held with other content (type, value, or a device-given time): the
-# first stands, the later one becomes a seq_conflict. Run only when a seq'd fact was refused.
+# Facts a seq already held at the same time with other content (type or value): the first
+# stands, the later one becomes a seq_conflict. Run only when a seq'd fact was refused. The
+# seq key holds record_time (the ledger's partition key, sql/0080), so only a fact at the same
+# time can have refused it, and the join names the time: one probe, not one per partition.
 Q_SEQ_CONFLICTS = """
 SELECT f.raw_id, f.item_idx, f.seq, f.value, f.t, p.raw_id AS first_raw, t.name,
        p.value AS first_value, extract(epoch FROM p.record_time)::float8 AS first_t
 FROM facts_in f
 JOIN processed_record p
   ON p.device_id = f.device_id AND p.seq = f.seq AND p.item_idx = f.item_idx
+ AND p.record_time = to_timestamp(f.t)
 JOIN record_type t ON t.id = p.record_type_id
 WHERE f.seq IS NOT NULL AND p.raw_id <> f.raw_id
-  AND (p.record_type_id <> f.record_type_id OR p.value <> f.value
-       OR (NOT f.untimed AND p.record_time <> to_timestamp(f.t)))
+  AND (p.record_type_id <> f.record_type_id OR p.value <> f.value)
 """
 # The first copy of each untimed message within the window; a copy past it starts anew.
 Q_UNTIMED = """

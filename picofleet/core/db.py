@@ -26,6 +26,7 @@ class Lock(IntEnum):
     ETL = 7_423_030  # rollups and retention
     ALERTS = 7_423_031
     RUNTIME_ROLE = 7_423_040
+    PARTITIONS = 7_423_050  # the ledger's partitions (created, split, dropped)
 
 
 async def xact_lock(conn: asyncpg.Connection, lock: Lock, *, wait: bool = True) -> bool:

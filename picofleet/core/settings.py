@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # Anonymous senders (plain POST /ingest; picofleet/ingest through Mosquitto) may write
     # legacy numeric devices, as the older senders always did. Off: credentials required.
     ingest_anonymous_legacy: bool = True
+    # The ledger's day partitions (sql/0080): the hub keeps this many days ahead of today,
+    # checking every interval (a row of a day without its partition waits in the default one).
+    ledger_partition_ahead_days: int = Field(default=7, ge=1, le=366)
+    ledger_partition_interval_s: float = Field(default=3600.0, gt=0)
 
     max_payload_bytes: int = 256 * 1024
     mqtt_max_packet_bytes: int = Field(default=MQTT_MAX_PACKET_BYTES, ge=20)

@@ -362,6 +362,12 @@ async def delete_device(conn: asyncpg.Connection, key: str) -> dict[str, Any] | 
             facts = _count(
                 await conn.execute("DELETE FROM processed_record WHERE device_id = $1", dev_id)
             )
+        # No foreign key cascades from raw_record (partitioned, sql/0080): its errors first.
+        await conn.execute(
+            "DELETE FROM ingest_error WHERE raw_id IN"
+            " (SELECT id FROM raw_record WHERE device_key = $1)",
+            key,
+        )
         raw = _count(await conn.execute("DELETE FROM raw_record WHERE device_key = $1", key))
         deploys = _count(await conn.execute("DELETE FROM deploy_event WHERE device_key = $1", key))
         await conn.execute("DELETE FROM provision_nonce WHERE serial = $1", key)

@@ -1,0 +1,71 @@
+"""The ledger's day partitions (sql/0080): created ahead by the hub, dropped whole by retention.
+
+The work is done by owner functions in the database (the runtime role owns no table); here
+they are called one table per transaction, under one advisory lock, so two hubs never create
+the same partition and retention never deadlocks with the write path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import asyncpg
+
+from picofleet.core import db, logs
+
+RAW, FACTS, ERRORS = "raw_record", "processed_record", "ingest_error"
+Q_ENSURE = "SELECT picofleet_ensure_ledger_partitions($1)"
+Q_DETACH = "SELECT picofleet_drop_partitions($1::regclass, $2, $3)"
+Q_DROP_DETACHED = "SELECT picofleet_drop_detached($1::regclass)"
+LOCK_TIMEOUT = "2s"
+
+
+async def ensure(pool: asyncpg.Pool, ahead_days: int) -> int:
+    """Partitions from yesterday to ``ahead_days`` ahead, and for every day waiting in a
+    default partition; returns how many were created (0 when a long reader held a table
+    past ``LOCK_TIMEOUT``: days ahead leave the next run time enough)."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await db.xact_lock(conn, db.Lock.PARTITIONS)
+            # Creating a partition locks its table exclusively: see drop_before.
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            return int(await conn.fetchval(Q_ENSURE, ahead_days))
+    except asyncpg.LockNotAvailableError:
+        logs.get("picofleet.core.partitions").warning("partitions.ensure_postponed")
+        return 0
+
+
+async def drop_before(
+    pool: asyncpg.Pool, table: str, cutoff: datetime, *, max_id: int | None = None
+) -> int:
+    """Detach and drop ``table``'s partitions of days that end by ``cutoff``; with ``max_id``,
+    a partition holding a greater id stays. Returns the rows dropped (0 when a long reader
+    held the table past ``LOCK_TIMEOUT``: the next run drops them)."""
+    rows = 0
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await db.xact_lock(conn, db.Lock.PARTITIONS)
+            # Writers queue behind a waiting exclusive lock: never wait long for one.
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            rows = int(await conn.fetchval(Q_DETACH, table, cutoff, max_id))
+    except asyncpg.LockNotAvailableError:
+        logs.get("picofleet.core.partitions").warning("partitions.drop_postponed", table=table)
+    # The detached days go in a transaction of their own: writers never wait for their files.
+    async with pool.acquire() as conn, conn.transaction():
+        await db.xact_lock(conn, db.Lock.PARTITIONS)
+        await conn.fetchval(Q_DROP_DETACHED, table)
+    return rows
+
+
+async def run(pool: asyncpg.Pool, stop: asyncio.Event, ahead_days: int, interval_s: float) -> None:
+    """The hub's loop: ensure now, then every ``interval_s`` until ``stop``."""
+    log = logs.get("picofleet.core.partitions")
+    while not stop.is_set():
+        made = await ensure(pool, ahead_days)
+        if made:
+            log.info("partitions.created", count=made)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass
