@@ -227,12 +227,16 @@ def test_compose_profile_wires_grafana_and_prometheus() -> None:
     provider = yaml.safe_load((DATASOURCES.parents[1] / "dashboards/picofleet.yaml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    (job,) = prom["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
-    port = svcs["http"]["ports"][0].split(":")[-1]
+    http_job, bridge_job = prom["scrape_configs"]
+    assert http_job["metrics_path"] == bridge_job["metrics_path"] == "/metrics"
+    port = svcs["http"]["ports"][0].split(":")[-1]  # the HTTPS port (issue 17)
+    assert http_job["scheme"] == "https" and port == "8443"
+    assert http_job["static_configs"][0]["targets"] == [f"http:{port}"]
+    ca = http_job["tls_config"]["ca_file"]
+    assert any(ca.startswith(v.split(":")[1] + "/") for v in svcs["prometheus"]["volumes"])
     bridge = svcs["bridge"]["command"]
     metrics_port = bridge[bridge.index("--metrics-port") + 1]
-    assert job["static_configs"][0]["targets"] == [f"http:{port}", f"bridge:{metrics_port}"]
+    assert bridge_job["static_configs"][0]["targets"] == [f"bridge:{metrics_port}"]
 
 
 def test_panels_fit_the_grid_without_overlap() -> None:

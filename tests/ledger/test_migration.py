@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from picofleet.bridge.decode import Message
-from picofleet.bridge.ledger import outcome
+from picofleet.bridge.ledger import status_of
 from picofleet.core import db
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.topics import Kind
@@ -76,7 +76,7 @@ async def test_migration_keeps_every_row_and_dedupe(old_url: str, keys: FleetKey
         feed = await make_feed(pool, keys)
         first = await send_all(feed, timedelta(seconds=1))
         again = await send_all(feed, timedelta(minutes=2))  # redelivered before the migration
-        assert [outcome(m) for m in again] == ["duplicate"] * 10 + ["invalid"] * 2
+        assert [status_of(m) for m in again] == ["duplicate"] * 10 + ["invalid"] * 2
         await pool.execute(
             "INSERT INTO deploy_event (device_key, state, source, raw_id)"
             " VALUES ($1, 'x', 'ota', $2)",
@@ -118,7 +118,7 @@ async def test_migration_keeps_every_row_and_dedupe(old_url: str, keys: FleetKey
         late = await send_all(feed, timedelta(days=1))
         # (The untimed copy, a day later, is past untimed_dedupe_window_s: a new reading, by
         # the same rule as before the migration.)
-        assert [outcome(m) for m in late] == ["duplicate"] * 9 + ["ok"] + ["invalid"] * 2
+        assert [status_of(m) for m in late] == ["duplicate"] * 9 + ["ok"] + ["invalid"] * 2
         after = await snapshot(pool)
         assert after["processed_record"][:-1] == before["processed_record"]
         assert after["processed_record"][-1][0] == late[9].processed_ids[0]

@@ -12,7 +12,7 @@ import pytest
 
 from picofleet.analytics import AnalyticsSettings, prune, refresh
 from picofleet.bridge.decode import Message
-from picofleet.bridge.ledger import outcome
+from picofleet.bridge.ledger import status_of
 from picofleet.core import db, partitions
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.settings import Settings
@@ -137,18 +137,16 @@ async def test_ingest_across_midnight(pool: asyncpg.Pool, keys: FleetKeys) -> No
     def batch(received: datetime) -> list[Message]:
         return [feed.decoder.decode(topic, p, received_at=received.timestamp()) for p in payloads]
 
-    first = batch(midnight)
-    await feed.ledger.write(first)  # one transaction writes to both days' partitions
-    assert [outcome(m) for m in first] == ["ok"] * 3
+    first = await feed.ledger.write(batch(midnight))  # one transaction, both days' partitions
+    assert [status_of(m) for m in first] == ["ok"] * 3
     today, tomorrow = f"{midnight - half:%Y%m%d}", f"{midnight:%Y%m%d}"
     assert await per_partition(pool, "processed_record") == {
         f"processed_record_p{today}": 2,
         f"processed_record_p{tomorrow}": 2,
     }
     # Redelivered (across the boundary of the raw records' partitions too): nothing twice.
-    again = batch(midnight + timedelta(hours=1))
-    await feed.ledger.write(again)
-    assert [outcome(m) for m in again] == ["duplicate"] * 3
+    again = await feed.ledger.write(batch(midnight + timedelta(hours=1)))
+    assert [status_of(m) for m in again] == ["duplicate"] * 3
     assert await pool.fetchval("SELECT count(*) FROM processed_record") == 4
     assert await per_partition(pool, "raw_record") == {f"raw_record_p{tomorrow}": 6}
 
