@@ -55,7 +55,10 @@ async def wave_events(pool: asyncpg.Pool, rollout_id: int) -> list[tuple[str, in
 
 async def retained(hub: RunningHub, topic: str) -> bytes | None:
     """What a subscriber gets from the broker's retained store for ``topic`` right now."""
-    c = Client(hub.operator_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER))
+    # The operator's client id is its username (bound on Mosquitto: picofleet/broker/mosquitto.py).
+    c = Client(
+        hub.operator_port, OPERATOR_USER, hub.keys.role_password(OPERATOR_USER), OPERATOR_USER
+    )
     assert await asyncio.to_thread(c.connect)
     await asyncio.to_thread(c.subscribe, topic)
     await asyncio.sleep(0.3)
