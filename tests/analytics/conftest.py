@@ -153,8 +153,8 @@ class Feed:
         )
 
 
-@pytest.fixture
-async def feed(pool: asyncpg.Pool, keys: FleetKeys) -> Feed:
+async def make_feed(pool: asyncpg.Pool, keys: FleetKeys) -> Feed:
+    """A feed on ``pool``'s database that accepts any device time (history is written)."""
     decoder = Decoder(
         topics=Topics("picofleet"),
         keys=keys,
@@ -162,6 +162,11 @@ async def feed(pool: asyncpg.Pool, keys: FleetKeys) -> Feed:
         limits=Limits(max_clock_drift_s=10**9),
     )
     return Feed(pool, decoder)
+
+
+@pytest.fixture
+async def feed(pool: asyncpg.Pool, keys: FleetKeys) -> Feed:
+    return await make_feed(pool, keys)
 
 
 @pytest.fixture

@@ -11,13 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from picofleet.bridge.decode import Decoder, Limits
-from picofleet.bridge.ledger import load_record_types
 from picofleet.core import db
-from picofleet.core.credentials import FleetKeys
 from picofleet.core.pgembed import EmbeddedPostgres
-from picofleet.core.topics import Topics
-from tests.analytics.conftest import Feed
 
 PARTITIONED = "0080_ledger_partitions"
 
@@ -49,13 +44,3 @@ async def old_url(pg_cluster: EmbeddedPostgres, tmp_path: Path) -> AsyncIterator
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
-
-
-async def make_feed(pool: asyncpg.Pool, keys: FleetKeys) -> Feed:
-    decoder = Decoder(
-        topics=Topics("picofleet"),
-        keys=keys,
-        record_types=await load_record_types(pool),
-        limits=Limits(max_clock_drift_s=10**9),
-    )
-    return Feed(pool, decoder)

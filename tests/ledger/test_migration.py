@@ -8,20 +8,19 @@ from typing import Any
 
 import asyncpg
 
-from picofleet.bridge.decode import Message
-from picofleet.bridge.ledger import status_of
+from picofleet.bridge.ledger import Stored, status_of
 from picofleet.core import db
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.topics import Kind
-from tests.analytics.conftest import Feed
-from tests.ledger.conftest import PARTITIONED, make_feed
+from tests.analytics.conftest import Feed, make_feed
+from tests.ledger.conftest import PARTITIONED
 
 DAY = datetime(2026, 11, 20, tzinfo=UTC)  # three days, all before the hub's own partitions
 KEY = "AI-00042"
 LEDGER = ("raw_record", "processed_record", "ingest_error")
 
 
-async def send_all(feed: Feed, late: timedelta) -> list[Message]:
+async def send_all(feed: Feed, late: timedelta) -> list[Stored]:
     """Seq'd envelopes every 8 hours over three days, an untimed one, a rejected reading and
     a seq repeated with another value; ``late`` is how long after the device time each copy
     is received."""

@@ -19,9 +19,9 @@ from picofleet.core.settings import Settings
 from picofleet.core.topics import Kind
 from picofleet.ops.queries import delete_device
 from picofleet.security.roles import ensure_runtime_login
+from tests.analytics.conftest import make_feed
 from tests.conftest import running_hub
 from tests.helpers import wait_for
-from tests.ledger.conftest import make_feed
 
 D = datetime(2026, 10, 1, tzinfo=UTC)  # long before the hub's own partitions
 KEY = "AI-00077"

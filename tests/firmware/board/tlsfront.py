@@ -13,64 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from picofleet.core import tls
 from tests.helpers import free_port
 
 
 @dataclass(frozen=True)
 class Ca:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    """A CA made the way the hub makes its own (picofleet.core.tls.make_ca)."""
+
+    cert_pem: bytes
+    key_pem: bytes
 
     @property
     def pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+        return self.cert_pem.decode()
 
 
 def make_ca(name: str = "picofleet test CA") -> Ca:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - dt.timedelta(days=1))
-        .not_valid_after(_now() + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return Ca(cert, key)
+    return Ca(*tls.make_ca(name))
 
 
 def server_cert(
@@ -81,31 +47,9 @@ def server_cert(
     valid_to: dt.datetime | None = None,
 ) -> tuple[bytes, bytes]:
     """(certificate PEM, key PEM) for ``hosts`` (names or IP addresses), signed by ``ca``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid_from or _now() - dt.timedelta(hours=1))
-        .not_valid_after(valid_to or _now() + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca.key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    start = valid_from or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    days = (valid_to - start).days if valid_to else 30
+    return tls.make_server_cert(ca.cert_pem, ca.key_pem, list(hosts), days=days, not_before=start)
 
 
 @dataclass
