@@ -1,6 +1,7 @@
 """Issue 17: the board verifies the hub. A board flashed with the hub's CA (config.json
-``ca_pem``) speaks TLS to the broker (through a real TLS server in front of the real hub, see
-tlsfront.py), and its telemetry lands in PostgreSQL; a hub whose certificate comes from
+``ca_pem``) speaks TLS to the broker (the hub's own TLS listener, and a real TLS server in
+front of the hub, tlsfront.py, for certificates the hub would never serve), and its telemetry
+lands in PostgreSQL; a hub whose certificate comes from
 another CA, or has expired, is refused: the board keeps retrying, never resets, and its
 password never leaves it. What the board's TLS stand-in leaves untested (mbedTLS on the chip,
 its RAM and time): picofleet/sim/board/README.md.
@@ -15,6 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from picofleet.core.settings import Settings
+from picofleet.core.tls import ca_pem
 from picofleet.sim.board import Board
 from tests.conftest import RunningHub, running_hub
 from tests.firmware.board.kit import duplicates, provision, provisioned, seqs, until
@@ -169,3 +171,53 @@ async def test_board_with_no_clock_refuses_then_connects_once_it_has_one(
             assert board.resets() == [] and board.boots() == 1, board.console()
         finally:
             board.stop()
+
+
+async def test_board_and_the_hubs_own_tls_listener(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """No front: the embedded broker's own TLS port (``mqtts_port``) and the CA that
+    ``picofleet usb flash`` writes into config.json (picofleet.core.tls.ca_pem). A board that
+    trusts another CA is refused by the same listener and never resets."""
+    key, stranger = "BOARD-HUBTLS", "BOARD-STRANGER"
+    async with running_hub(settings) as hub:
+        good = Board(
+            provision(
+                tmp_path / "good",
+                hub,
+                key=key,
+                telemetry_interval_s=2,
+                port=settings.mqtts_port,
+                ca_pem=ca_pem(settings),
+            ),
+            name="hubtls",
+        )
+        bad = Board(
+            provision(
+                tmp_path / "bad",
+                hub,
+                key=stranger,
+                port=settings.mqtts_port,
+                ca_pem=make_ca("someone else's CA").pem,
+            ),
+            name="stranger",
+        )
+        try:
+            good.start()
+            bad.start()
+
+            async def three() -> list[int] | None:
+                s = await seqs(pool, key)
+                return s if len(s) >= 3 else None
+
+            got = await until(good, three, timeout=90)
+            assert got == list(range(got[0], got[0] + len(got)))
+            assert await duplicates(pool, key) == 0
+            assert good.resets() == [] and not [x for x in good.lines() if REFUSED in x]
+            for _ in range(2):
+                await asyncio.to_thread(bad.wait_line, REFUSED, since=bad.mark(), timeout=60)
+            assert bad.resets() == [] and bad.boots() == 1, bad.console()
+            assert await _device_rows(pool, stranger) == 0
+        finally:
+            good.stop()
+            bad.stop()
