@@ -180,8 +180,9 @@ def build_config(
     ca_pem: str | None = None,
 ) -> DeviceConfig:
     """``ca_pem``: the hub's CA certificate; a Pico W then gets it and reaches the broker over
-    TLS, on ``mqtts_port`` unless the operator names a port (a board flashed before, with the
-    plain port in its config, moves to the TLS one)."""
+    TLS, on ``mqtts_port`` by default. A broker the board already has (or the operator names)
+    is kept as it is: a board flashed before TLS keeps its port until given ``--broker-port``
+    (CHANGELOG, upgrading)."""
     host = settings.public_host
     defaults: dict[str, Any] = {
         "channel": "stable",
@@ -196,13 +197,8 @@ def build_config(
             defaults["hub_http"] = f"http://{host}:{settings.http_port}"
     else:
         defaults["sensors"] = Sensors().model_dump()
-    on_board = _from_board(existing)
-    broker_was = on_board.get("broker")
-    if ca_pem and isinstance(broker_was, dict) and broker_was.get("port") == settings.mqtt_port:
-        # Flashed before TLS: the plain port now listens on the hub's loopback only.
-        on_board["broker"] = {**broker_was, "port": settings.mqtts_port}
     layers = [
-        on_board,
+        _from_board(existing),
         options.model_dump(exclude_unset=True, exclude={"devices"}),
         options.devices[key].model_dump(exclude_unset=True) if key in options.devices else {},
         flags,

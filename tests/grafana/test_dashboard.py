@@ -31,8 +31,7 @@ DATASOURCES = ROOT / "deploy/grafana/provisioning/datasources/picofleet.yaml"
 PG_TYPES = {"grafana-postgresql-datasource", "postgres"}
 READONLY = "picofleet_readonly"
 
-NOW = datetime.now(UTC)
-FROM, TO = NOW - timedelta(days=7), NOW + timedelta(minutes=1)
+RANGE = timedelta(days=7)  # the dashboard's default time range, ending now
 INTERVALS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # What the test's dashboard has chosen: one series, two devices of the multi-value variable.
 VARIABLES = {"series": "battery_charge", "device": ["5", "6"]}
@@ -82,7 +81,10 @@ def _seconds(interval: str) -> int:
 
 
 def grafana_sql(query: str) -> str:
-    """Grafana's PostgreSQL macros and this test's variables, as Grafana expands them."""
+    """Grafana's PostgreSQL macros and this test's variables, as Grafana expands them (the
+    range ends when the query is made, not when this module was collected)."""
+    now = datetime.now(UTC)
+    start, end = now - RANGE, now + timedelta(minutes=1)
     q = query.replace("$__interval", "1m")
     q = re.sub(
         r"\$__timeGroupAlias\(([^,()]+),([^()]+)\)",
@@ -94,10 +96,10 @@ def grafana_sql(query: str) -> str:
     )
     q = re.sub(
         r"\$__timeFilter\(([^()]+)\)",
-        lambda m: f"{m.group(1)} BETWEEN {_ts(FROM)} AND {_ts(TO)}",
+        lambda m: f"{m.group(1)} BETWEEN {_ts(start)} AND {_ts(end)}",
         q,
     )
-    q = q.replace("$__timeFrom()", _ts(FROM)).replace("$__timeTo()", _ts(TO))
+    q = q.replace("$__timeFrom()", _ts(start)).replace("$__timeTo()", _ts(end))
     for name, value in VARIABLES.items():
         # Multi-value variables become a quoted list; single values are inserted as they are.
         text = ",".join(f"'{v}'" for v in value) if isinstance(value, list) else value

@@ -200,8 +200,8 @@ def test_the_hub_ca_goes_to_pico_w_boards_only(hub_settings: Settings) -> None:
 
 def test_a_board_given_the_ca_reaches_the_tls_port(hub_settings: Settings) -> None:
     """The plain port listens on the hub's loopback only once it speaks TLS: a Pico W given
-    the CA gets the TLS port, and one flashed before (plain port in its config) moves to it;
-    a port the operator names stays."""
+    the CA gets the TLS port by default; a broker the board already has, or one the operator
+    names, is the operator's choice and stays."""
     s = hub_settings.model_copy(update={"public_host": "hub.lan"})
 
     def port(existing: dict[str, object] | None, flags: dict[str, object]) -> object:
@@ -220,7 +220,7 @@ def test_a_board_given_the_ca_reaches_the_tls_port(hub_settings: Settings) -> No
 
     before = {"broker": {"host": "hub.lan", "port": s.mqtt_port}}
     assert port(None, {}) == s.mqtts_port != s.mqtt_port
-    assert port(before, {}) == s.mqtts_port
+    assert port(before, {}) == s.mqtt_port
     assert port(before, {"broker": {"host": "hub.lan", "port": 18883}}) == 18883
 
 
