@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from picofleet.core.codes import Code
@@ -114,7 +114,7 @@ class Message:
 
 @dataclass(slots=True)
 class _Draft:
-    """The decoder's working copy of a Message."""
+    """The decoder's working copy of a Message: the same fields, lists where it has tuples."""
 
     topic: str
     source: str
@@ -135,22 +135,9 @@ class _Draft:
         self.errors.append(Rejection(idx, code, detail))
 
     def done(self) -> Message:
-        return Message(
-            topic=self.topic,
-            source=self.source,
-            received_at=self.received_at,
-            payload=self.payload,
-            payload_size=self.payload_size,
-            kind=self.kind,
-            device_key=self.device_key,
-            body=self.body,
-            facts=tuple(self.facts),
-            errors=tuple(self.errors),
-            startup=self.startup,
-            status=self.status,
-            sender=self.sender,
-            digest=self.digest,
-        )
+        values = {f.name: getattr(self, f.name) for f in fields(Message)}
+        values["facts"], values["errors"] = tuple(self.facts), tuple(self.errors)
+        return Message(**values)
 
 
 def _reject_constant(name: str) -> None:
