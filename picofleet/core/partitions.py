@@ -1,8 +1,9 @@
 """The ledger's day partitions (sql/0080): created ahead by the hub, dropped whole by retention.
 
 The work is done by owner functions in the database (the runtime role owns no table); here
-they are called one table per transaction, under one advisory lock, so two hubs never create
-the same partition and retention never deadlocks with the write path.
+they are called under one advisory lock, so two hubs never create the same partition. The
+functions lock in the writers' order (sql/0081: device and record_type, which the facts'
+foreign keys name, then the ledger tables), so the upkeep never deadlocks with the write path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from picofleet.core import db, logs
 RAW, FACTS, ERRORS = "raw_record", "processed_record", "ingest_error"
 Q_ENSURE = "SELECT picofleet_ensure_ledger_partitions($1)"
 Q_DETACH = "SELECT picofleet_drop_partitions($1::regclass, $2, $3)"
+Q_UNLINK_DETACHED = "SELECT picofleet_unlink_detached($1::regclass)"
 Q_DROP_DETACHED = "SELECT picofleet_drop_detached($1::regclass)"
 LOCK_TIMEOUT = "2s"
 
@@ -31,8 +33,10 @@ async def ensure(pool: asyncpg.Pool, ahead_days: int) -> int:
             # Creating a partition locks its table exclusively: see drop_before.
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             return int(await conn.fetchval(Q_ENSURE, ahead_days))
-    except asyncpg.LockNotAvailableError:
-        logs.get("picofleet.core.partitions").warning("partitions.ensure_postponed")
+    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+        logs.get("picofleet.core.partitions").warning(
+            "partitions.ensure_postponed", reason=type(exc).__name__
+        )
         return 0
 
 
@@ -40,22 +44,33 @@ async def drop_before(
     pool: asyncpg.Pool, table: str, cutoff: datetime, *, max_id: int | None = None
 ) -> int:
     """Detach and drop ``table``'s partitions of days that end by ``cutoff``; with ``max_id``,
-    a partition holding a greater id stays. Returns the rows dropped (0 when a long reader
-    held the table past ``LOCK_TIMEOUT``: the next run drops them)."""
-    rows = 0
+    a partition holding a greater id stays. Returns the rows detached (0 when a long reader
+    held a table past ``LOCK_TIMEOUT``: the next run takes them). Three transactions, so that
+    writers wait only for the first two, which take milliseconds: detach (the day leaves the
+    ledger), unlink (a detached day's foreign keys go), drop (the filesystem frees the files,
+    holding no lock anybody else needs). A step that gives up leaves the rest to the next run."""
+    rows = await _step(pool, "detach", table, Q_DETACH, table, cutoff, max_id)
+    if await _step(pool, "unlink", table, Q_UNLINK_DETACHED, table) is not None:
+        await _step(pool, "drop", table, Q_DROP_DETACHED, table)
+    return rows or 0
+
+
+async def _step(pool: asyncpg.Pool, step: str, table: str, query: str, *args: object) -> int | None:
+    """One upkeep statement in its own transaction, under the upkeep's advisory lock and a
+    short lock timeout; None when it gave up on a lock."""
     try:
         async with pool.acquire() as conn, conn.transaction():
             await db.xact_lock(conn, db.Lock.PARTITIONS)
             # Writers queue behind a waiting exclusive lock: never wait long for one.
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            rows = int(await conn.fetchval(Q_DETACH, table, cutoff, max_id))
-    except asyncpg.LockNotAvailableError:
-        logs.get("picofleet.core.partitions").warning("partitions.drop_postponed", table=table)
-    # The detached days go in a transaction of their own: writers never wait for their files.
-    async with pool.acquire() as conn, conn.transaction():
-        await db.xact_lock(conn, db.Lock.PARTITIONS)
-        await conn.fetchval(Q_DROP_DETACHED, table)
-    return rows
+            return int(await conn.fetchval(query, *args))
+    except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+        # A reader that takes the ledger, then device (or record_type before device) can
+        # still cross the writers' order: PostgreSQL breaks the cycle, the next run goes on.
+        logs.get("picofleet.core.partitions").warning(
+            "partitions.drop_postponed", table=table, step=step, reason=type(exc).__name__
+        )
+        return None
 
 
 async def run(pool: asyncpg.Pool, stop: asyncio.Event, ahead_days: int, interval_s: float) -> None:

@@ -229,3 +229,68 @@ async def test_a_long_reader_postpones_the_drop(pool: asyncpg.Pool, keys: FleetK
     assert owed >= 6
     assert await partitions.ensure(pool, 9) == owed
     assert await partitions.drop_before(pool, partitions.FACTS, cutoff) == 1
+
+
+async def test_partition_upkeep_beside_busy_writers(pool: asyncpg.Pool, keys: FleetKeys) -> None:
+    """Retention and the upkeep lock the tables the facts' foreign keys name (device,
+    record_type) as well as the ledger's: in the writers' order, or a writer and the upkeep
+    each hold what the other waits for. Days are dropped and created one after another while
+    two writers keep a batch open all the time; nothing may fail or be postponed."""
+    feed = await make_feed(pool, keys)
+    days = 6
+    for day in range(days):
+        await feed.readings(KEY, D + timedelta(days=day), {"battery_charge": 40.0})
+    await partitions.ensure(pool, 7)
+    now = datetime.now(UTC)
+    stop = asyncio.Event()
+    written = [0, 0]
+
+    async def writer(k: int) -> None:
+        seq = 0
+        while not stop.is_set():
+            batch = []
+            for i in range(40):
+                seq += 1
+                body = {
+                    "v": 1,
+                    "seq": seq,
+                    "ts": now.timestamp() + seq * 1e-3,
+                    "readings": [{"type": "battery_charge", "value": 50.0}],
+                }
+                topic = feed.topics.device(f"AI-{k}{i:04d}", Kind.TELEMETRY)
+                msg = feed.decoder.decode(
+                    topic, json.dumps(body).encode(), received_at=now.timestamp()
+                )
+                batch.append(msg)
+            stored = await feed.ledger.write(batch)
+            written[k] += sum(len(s.processed_ids) for s in stored)
+
+    writers = [asyncio.create_task(writer(k)) for k in range(2)]
+    try:
+
+        async def busy() -> bool:
+            return all(written)
+
+        await wait_for(busy, timeout=30)
+        for day in range(days):
+            cutoff = D + timedelta(days=day + 1)
+            assert await partitions.drop_before(pool, partitions.FACTS, cutoff) == 1, day
+            assert await partitions.drop_before(pool, partitions.RAW, cutoff) == 1, day
+            assert await partitions.ensure(pool, 8 + day) == 3, day  # one more day ahead
+        assert not any(w.done() for w in writers)
+        for table in (partitions.FACTS, partitions.RAW):  # unlinked and dropped, none left
+            assert (
+                await pool.fetchval("SELECT count(*) FROM picofleet_detached($1::regclass)", table)
+                == 0
+            )
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    on_disk = await pool.fetchval(
+        "SELECT count(*) FROM processed_record WHERE record_time >= $1", now - timedelta(hours=1)
+    )
+    assert on_disk == sum(written) > 0
+    assert (
+        await pool.fetchval("SELECT count(*) FROM processed_record WHERE record_time < $1", now)
+        == 0
+    )
