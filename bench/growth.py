@@ -245,6 +245,23 @@ async def retention(
     return secs, facts, longest["during"], longest["before"]
 
 
+def filesystem_free_s(directory: Path, size: int) -> float:
+    """The filesystem's own part of a drop: seconds to truncate and remove a written (and
+    synced) file of ``size`` bytes in ``directory``, as PostgreSQL does with a dropped
+    table's files at commit."""
+    path = directory / "growth-bench-ceiling.bin"
+    block = os.urandom(1 << 20)
+    with path.open("wb") as f:
+        for _ in range(max(size >> 20, 1)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    t0 = time.perf_counter()
+    os.truncate(path, 0)
+    path.unlink()
+    return time.perf_counter() - t0
+
+
 class Target:
     """One database the bench writes to: its pool, and its history."""
 
@@ -263,7 +280,9 @@ class Target:
         return cls(url, history, await db.create_pool(url, max_size=args.writers + 1))
 
 
-async def run(urls: tuple[str, str], args: argparse.Namespace, sizes: list[int]) -> None:
+async def run(
+    urls: tuple[str, str], args: argparse.Namespace, sizes: list[int], data_dir: Path | None
+) -> None:
     """``urls``: the database that grows, and one that stays empty. Each size is measured in
     rounds that alternate between the two, so a load that comes and goes on the machine
     weighs on both figures alike."""
@@ -336,6 +355,9 @@ async def run(urls: tuple[str, str], args: argparse.Namespace, sizes: list[int])
         f"  a writer's longest batch ({args.batch // 5} messages) meanwhile: {during:.0f} ms;"
         f" in the second before: {before:.0f} ms"
     )
+    if data_dir is not None:
+        fs = filesystem_free_s(data_dir, int(day_mb * 1e6))
+        print(f"  ceiling: the filesystem frees a synced {day_mb:,.0f} MB file in {fs:.3f} s")
 
 
 async def main() -> int:
@@ -360,7 +382,7 @@ async def main() -> int:
     if sizes != sorted(sizes):
         ap.error("--rows must grow")
     if args.url:
-        await run((args.url, args.empty_url), args, sizes)
+        await run((args.url, args.empty_url), args, sizes, None)
         return 0
     from picofleet.core.pgembed import EmbeddedPostgres
 
@@ -371,7 +393,7 @@ async def main() -> int:
         pg.start()
         pg.ensure_database("bench_growth")
         pg.ensure_database("bench_empty")
-        await run((pg.url("bench_growth"), pg.url("bench_empty")), args, sizes)
+        await run((pg.url("bench_growth"), pg.url("bench_empty")), args, sizes, Path(tmp))
     finally:
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)

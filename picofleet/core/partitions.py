@@ -9,6 +9,7 @@ foreign keys name, then the ledger tables), so the upkeep never deadlocks with t
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 import asyncpg
@@ -49,21 +50,32 @@ async def drop_before(
     writers wait only for the first two, which take milliseconds: detach (the day leaves the
     ledger), unlink (a detached day's foreign keys go), drop (the filesystem frees the files,
     holding no lock anybody else needs). A step that gives up leaves the rest to the next run."""
-    rows = await _step(pool, "detach", table, Q_DETACH, table, cutoff, max_id)
-    if await _step(pool, "unlink", table, Q_UNLINK_DETACHED, table) is not None:
-        await _step(pool, "drop", table, Q_DROP_DETACHED, table)
+    took: dict[str, float] = {}
+    rows = await _step(pool, "detach", took, Q_DETACH, table, cutoff, max_id)
+    if await _step(pool, "unlink", took, Q_UNLINK_DETACHED, table) is not None:
+        await _step(pool, "drop", took, Q_DROP_DETACHED, table)
+    if rows:
+        logs.get("picofleet.core.partitions").info(
+            "partitions.dropped", table=table, rows=rows, **{f"{k}_ms": v for k, v in took.items()}
+        )
     return rows or 0
 
 
-async def _step(pool: asyncpg.Pool, step: str, table: str, query: str, *args: object) -> int | None:
-    """One upkeep statement in its own transaction, under the upkeep's advisory lock and a
-    short lock timeout; None when it gave up on a lock."""
+async def _step(
+    pool: asyncpg.Pool, step: str, took: dict[str, float], query: str, table: str, *args: object
+) -> int | None:
+    """One upkeep statement on ``table`` in its own transaction, under the upkeep's advisory
+    lock and a short lock timeout; None when it gave up on a lock. Its time (commit included:
+    the drop's is the filesystem freeing the files) goes into ``took``, in ms."""
+    t0 = time.perf_counter()
     try:
         async with pool.acquire() as conn, conn.transaction():
             await db.xact_lock(conn, db.Lock.PARTITIONS)
             # Writers queue behind a waiting exclusive lock: never wait long for one.
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            return int(await conn.fetchval(query, *args))
+            n = int(await conn.fetchval(query, table, *args))
+        took[step] = round((time.perf_counter() - t0) * 1000, 1)
+        return n
     except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
         # A reader that takes the ledger, then device (or record_type before device) can
         # still cross the writers' order: PostgreSQL breaks the cycle, the next run goes on.
