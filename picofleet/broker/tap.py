@@ -44,6 +44,10 @@ from picofleet.core.topics import INBOUND_KINDS, Kind
 # PUBREC (after it a QoS 2 sender resends only PUBREL, never the PUBLISH). Both wait for
 # the commit of the message's raw record.
 _OWNING_ACK = {1: wire.PUBACK, 2: wire.PUBREC}
+# Connections the kernel queues before the hub accepts them. asyncio's default, 100, made a
+# restart under 5,000 boards a storm of dropped SYNs and retries (bench/fleet_size.py); the
+# kernel caps it at net.core.somaxconn (4096 on current kernels, Raspberry Pi OS included).
+LISTEN_BACKLOG = 4096
 _INBOUND = (*INBOUND_KINDS, Kind.INGEST)
 
 
@@ -320,12 +324,18 @@ class Tap:
             max_packet=self.max_packet,
         )
         await self._broker.start()
-        self._servers.append(await asyncio.start_server(self._on_connection, self.bind, self.port))
+        self._servers.append(
+            await asyncio.start_server(
+                self._on_connection, self.bind, self.port, backlog=LISTEN_BACKLOG
+            )
+        )
         self._log.info("tap.listening", bind=self.bind, port=self.port, tls=False)
         if self.tls is not None:
             bind, port, context = self.tls
             self._servers.append(
-                await asyncio.start_server(self._on_connection, bind, port, ssl=context)
+                await asyncio.start_server(
+                    self._on_connection, bind, port, ssl=context, backlog=LISTEN_BACKLOG
+                )
             )
             self._log.info("tap.listening", bind=bind, port=port, tls=True)
         return self
