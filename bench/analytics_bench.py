@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,7 @@ async def bench_month(url: str, rate: float, devices: int) -> None:
             for label, q in (("rollups", q_rollup), ("raw facts", q_raw)):
                 times = []
                 for _ in range(3):
-                    t, rows = await timed(lambda q=q: pool.fetch(q, start, end))
+                    t, rows = await timed(partial(pool.fetch, q, start, end))
                     times.append(t)
                 results[label] = statistics.median(times)
                 line(

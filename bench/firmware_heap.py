@@ -42,8 +42,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from firmware_ed25519 import MP_SCRIPT  # the same verify loop as the Ed25519 bench
-
+from bench.firmware_ed25519 import MP_SCRIPT  # the same verify loop as the Ed25519 bench
 from picofleet.core import db
 from picofleet.core.credentials import FleetKeys
 from picofleet.core.pgembed import EmbeddedPostgres

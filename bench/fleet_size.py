@@ -46,9 +46,10 @@ import run as ingest  # bench/run.py: the ingest bench's database and hub helper
 
 from picofleet.broker import mosquitto
 from picofleet.broker.policy import Policy
+from picofleet.core.mqttwire import connect_packet, publish_packet, read_packet
 from picofleet.core.pgembed import EmbeddedPostgres
 from picofleet.core.topics import Kind, Topics
-from picofleet.sim.mqttlite import MqttLiteError, connect_packet, publish_packet, read_packet
+from picofleet.sim.mqttlite import MqttLiteError
 
 PERIOD_S = 10.0  # one reading per device every 10 s
 STEADY_S = 30.0  # the window CPU per message is measured over

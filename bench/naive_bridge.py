@@ -35,9 +35,11 @@ async def main(port: int, url: str) -> None:
     loop = asyncio.get_running_loop()
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id="naive-bridge", clean_session=True)
     c.username_pw_set("hub", FleetKeys(SECRET).role_password("hub"))
-    c.on_message = lambda cl, u, m: loop.call_soon_threadsafe(
-        queue.put_nowait, (m.topic, bytes(m.payload))
-    )
+
+    def on_message(cl: paho.Client, u: object, m: paho.MQTTMessage) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (m.topic, bytes(m.payload)))
+
+    c.on_message = on_message
     c.connect("127.0.0.1", port)
     c.subscribe("picofleet/devices/+/telemetry", 1)
     c.loop_start()

@@ -161,7 +161,7 @@ class Client:
 
     def _on_message(self, c: Any, u: Any, m: paho.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((m.topic, m.payload))
+            self.messages.append((m.topic, bytes(m.payload)))
 
     def _on_subscribe(self, c: Any, u: Any, mid: Any, rcs: Any, p: Any) -> None:
         self.suback = list(rcs)
