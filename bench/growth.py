@@ -214,7 +214,7 @@ async def retention(
 ) -> tuple[float, int, float, float]:
     """Drop the oldest day of every ledger table while one writer keeps writing today's
     envelopes, as the bridge would. Returns (seconds, facts dropped, the writer's longest
-    batch during the retention, and its longest batch over as long before it) in ms."""
+    batch during the retention, and its longest in the second before it) in ms."""
     ledger = Ledger(pool)
     cutoff = history.start + timedelta(days=1)
     phase = "before"

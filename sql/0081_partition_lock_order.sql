@@ -54,9 +54,15 @@ BEGIN
     PERFORM picofleet_lock_referenced('SHARE ROW EXCLUSIVE');
     EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', parent);
     IF to_regclass(part) IS NOT NULL THEN
-        -- Detached by retention, not yet dropped: it may still hold foreign keys (when the
-        -- unlink step gave up on a lock), whose triggers need the stronger lock to go.
-        PERFORM picofleet_lock_referenced('ACCESS EXCLUSIVE');
+        -- Detached by retention, not yet dropped. Still holding foreign keys (the unlink step
+        -- gave up on a lock), it could only go with ACCESS EXCLUSIVE on the tables they name,
+        -- taken after the ledger's: give up instead, as a lock timeout would; retention's next
+        -- unlink frees it, and meanwhile that day's rows wait in the default partition.
+        IF EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = to_regclass(part) AND contype = 'f') THEN
+            RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
+                MESSAGE = format('picofleet: %s was detached and still has foreign keys', part);
+        END IF;
         EXECUTE format('DROP TABLE %I', part);
     END IF;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE %I >= $1 AND %I < $2)',

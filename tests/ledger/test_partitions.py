@@ -294,3 +294,32 @@ async def test_partition_upkeep_beside_busy_writers(pool: asyncpg.Pool, keys: Fl
         await pool.fetchval("SELECT count(*) FROM processed_record WHERE record_time < $1", now)
         == 0
     )
+
+
+async def test_a_day_detached_with_its_keys_waits_for_the_unlink(
+    pool: asyncpg.Pool, keys: FleetKeys
+) -> None:
+    """A facts day whose unlink gave up keeps its foreign keys; a late fact of that day must
+    not make the upkeep drop it (that would lock device after the ledger): the upkeep gives
+    up, the fact waits in the default partition, and retention's next run finishes the day."""
+    feed = await make_feed(pool, keys)
+    await feed.readings(KEY, D, {"battery_charge": 40.0})
+    await partitions.ensure(pool, 7)
+    cutoff = D + timedelta(days=1)
+    # Only the detach ran: the day is out of the ledger with its keys.
+    assert await pool.fetchval(partitions.Q_DETACH, partitions.FACTS, cutoff, None) == 1
+    late = await feed.readings(KEY, D + timedelta(hours=1), {"battery_charge": 41.0})
+    assert late.processed_ids
+    assert await partitions.ensure(pool, 7) == 0  # postponed, not a deadlock
+    assert await per_partition(pool, "processed_record") == {"processed_record_default": 1}
+    # Retention's next run: the detach gives up on that day too, the unlink and drop go on.
+    assert await partitions.drop_before(pool, partitions.FACTS, cutoff) == 0
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM picofleet_detached($1::regclass)", partitions.FACTS
+        )
+        == 0
+    )
+    # And the one after takes the late fact's day as a partition of its own.
+    assert await partitions.drop_before(pool, partitions.FACTS, cutoff) == 1
+    assert await pool.fetchval("SELECT count(*) FROM processed_record") == 0
