@@ -19,9 +19,10 @@ from tests.release.conftest import VERSION, Bundles, clean_env
 from tests.release.test_bundle import tree_files
 
 
-def run(venv: Path, *args: str, cwd: Path) -> str:
+def run(venv: Path, *args: str, cwd: Path, program: str = "picofleet") -> str:
+    """``program`` of ``venv`` (the installed CLI, or its python) outside the source tree."""
     res = subprocess.run(
-        [str(venv / "bin" / "picofleet"), *args],
+        [str(venv / "bin" / program), *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -54,14 +55,8 @@ def site_packages(venv: Path) -> Path:
 def test_installed_wheel_holds_sql_and_firmware(
     wheel_venv: Path, snapshot: Path, tmp_path: Path
 ) -> None:
-    out = subprocess.run(
-        [str(wheel_venv / "bin" / "python"), "-c", "import picofleet; print(picofleet.__file__)"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(),
-        check=True,
-    ).stdout
+    code = "import picofleet; print(picofleet.__file__)"
+    out = run(wheel_venv, "-c", code, cwd=tmp_path, program="python")
     package = Path(out.strip()).parent
     assert package == site_packages(wheel_venv) / "picofleet"
     for sub in ("sql", "pico_w", "pico_usb"):
@@ -90,14 +85,7 @@ def test_every_asset_is_found_inside_the_installed_package(
     decoy = site / "sql"
     decoy.mkdir(exist_ok=True)
     try:
-        out = subprocess.run(
-            [str(wheel_venv / "bin" / "python"), "-c", ASSET_PROBE],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env=clean_env(),
-            check=True,
-        ).stdout
+        out = run(wheel_venv, "-c", ASSET_PROBE, cwd=tmp_path, program="python")
     finally:
         decoy.rmdir()
     paths = {k: Path(v) for k, v in json.loads(out).items()}
